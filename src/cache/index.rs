@@ -1,0 +1,273 @@
+//! One object version's index file, mapped into memory.
+//!
+//! The map is the only `unsafe` in the cache, and it is confined to index files (never data):
+//! an index is a few KiB per GiB of object, updated a bit at a time, which is what a shared
+//! mapping is good at. Data files are read and written through the [`crate::io::IoEngine`].
+//!
+//! Ordering rule (see cache-format/README.md): a block's record (blake3, CRC) is written before
+//! its presence bit, and the data before either. No fsync is needed for correctness: after a
+//! crash, a present bit whose record or data is torn fails the blake3 check and the block is
+//! fetched again.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use memmap2::MmapMut;
+
+use super::format::{FormatError, IndexHeader, Layout, VerifyState, RECORD_LEN};
+
+/// Why an index file could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The file system said no.
+    #[error("{path}: {source}")]
+    Io {
+        /// The index file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid index.
+    #[error("{path}: {source}")]
+    Format {
+        /// The index file.
+        path: String,
+        /// What is wrong.
+        source: FormatError,
+    },
+}
+
+/// A mapped index: header, state, presence bitmap and block records.
+pub struct ObjectIndex {
+    header: IndexHeader,
+    layout: Layout,
+    map: MmapMut,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io { path: path.display().to_string(), source }
+}
+
+impl ObjectIndex {
+    /// Writes a fresh, empty index for `header` atomically (temp file + rename), then maps it.
+    pub fn create(path: &Path, header: IndexHeader) -> Result<Self, IndexError> {
+        let encoded = header.encode();
+        let layout = Layout::new(encoded.len(), header.block_count());
+        let tmp = path.with_extension("idx.tmp");
+        {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(&encoded).map_err(io_err(&tmp))?;
+            f.set_len(layout.file_len as u64).map_err(io_err(&tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        Self::open(path)
+    }
+
+    /// Maps an existing index and checks its header and length.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+        let (header, layout) = Self::check(path, &file)?;
+        // SAFETY: the cache directory's lock (store::CacheDir) makes this process the only writer
+        // of index files, and nothing truncates a mapped index while the mount runs (eviction
+        // drops the map before deleting). Readers beside a mount (`hoardfs cache ls`) use plain
+        // reads, not maps. The length was checked against the layout just above, so every
+        // offset computed from the layout is inside the map.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(path))?;
+        Ok(Self { header, layout, map })
+    }
+
+    /// Reads and validates an index with plain reads, without mapping it; for inspection tools
+    /// that may run beside a mount.
+    pub fn read_snapshot(path: &Path) -> Result<IndexSnapshot, IndexError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let (header, header_len) = IndexHeader::decode(&bytes).map_err(|source| IndexError::Format {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let layout = Layout::new(header_len, header.block_count());
+        if bytes.len() != layout.file_len {
+            return Err(IndexError::Format {
+                path: path.display().to_string(),
+                source: FormatError::Corrupt("file length does not match the layout"),
+            });
+        }
+        Ok(IndexSnapshot { header, layout, bytes })
+    }
+
+    fn check(path: &Path, file: &File) -> Result<(IndexHeader, Layout), IndexError> {
+        use std::io::Read;
+        let mut head = Vec::new();
+        file.take(64 * 1024).read_to_end(&mut head).map_err(io_err(path))?;
+        let fmt = |source| IndexError::Format { path: path.display().to_string(), source };
+        let (header, header_len) = IndexHeader::decode(&head).map_err(fmt)?;
+        let layout = Layout::new(header_len, header.block_count());
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len != layout.file_len as u64 {
+            return Err(fmt(FormatError::Corrupt("file length does not match the layout")));
+        }
+        Ok((header, layout))
+    }
+
+    /// The immutable header.
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+
+    /// Whether block `b`'s presence bit is set.
+    pub fn is_present(&self, b: u64) -> bool {
+        bit(&self.map[self.layout.bitmap_off..], b)
+    }
+
+    /// The recorded blake3 of block `b`.
+    pub fn block_hash(&self, b: u64) -> [u8; 32] {
+        let off = self.record_off(b);
+        self.map[off..off + 32].try_into().unwrap()
+    }
+
+    /// Records block `b`'s hash and CRC, then sets its presence bit (in that order).
+    pub fn mark_present(&mut self, b: u64, hash: &[u8; 32], crc: u64) {
+        let off = self.record_off(b);
+        self.map[off..off + 32].copy_from_slice(hash);
+        self.map[off + 32..off + RECORD_LEN].copy_from_slice(&crc.to_le_bytes());
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let byte = self.layout.bitmap_off + (b / 8) as usize;
+        self.map[byte] |= 1 << (b % 8);
+    }
+
+    /// Clears block `b`'s presence bit (a blake3 mismatch, or eviction of one block).
+    pub fn clear(&mut self, b: u64) {
+        let byte = self.layout.bitmap_off + (b / 8) as usize;
+        self.map[byte] &= !(1 << (b % 8));
+    }
+
+    /// Number of present blocks.
+    pub fn present_count(&self) -> u64 {
+        count_bits(&self.map[self.layout.bitmap_off..self.layout.bitmap_off + self.layout.bitmap_len])
+    }
+
+    /// Stamps the last-access time (seconds since the epoch), which orders eviction after a
+    /// remount.
+    pub fn touch(&mut self, now_s: u64) {
+        let off = self.layout.state_off;
+        self.map[off..off + 8].copy_from_slice(&now_s.to_le_bytes());
+    }
+
+    /// Last-access time, seconds since the epoch.
+    pub fn last_access(&self) -> u64 {
+        read_u64(&self.map, self.layout.state_off)
+    }
+
+    /// Verification state against S3's checksum.
+    pub fn verify_state(&self) -> VerifyState {
+        VerifyState::from_code(self.map[self.layout.state_off + 8])
+    }
+
+    /// Records the verification state.
+    pub fn set_verify_state(&mut self, state: VerifyState) {
+        self.map[self.layout.state_off + 8] = state as u8;
+    }
+
+    /// Asks the kernel to write dirty pages back soon; called at unmount, not on the hot path.
+    pub fn flush_async(&self) -> std::io::Result<()> {
+        self.map.flush_async()
+    }
+
+    fn record_off(&self, b: u64) -> usize {
+        assert!(b < self.header.block_count(), "block {b} out of range");
+        self.layout.records_off + RECORD_LEN * b as usize
+    }
+}
+
+/// An index read with plain reads (see [`ObjectIndex::read_snapshot`]).
+pub struct IndexSnapshot {
+    /// The header.
+    pub header: IndexHeader,
+    layout: Layout,
+    bytes: Vec<u8>,
+}
+
+impl IndexSnapshot {
+    /// Whether block `b` is present.
+    pub fn is_present(&self, b: u64) -> bool {
+        bit(&self.bytes[self.layout.bitmap_off..], b)
+    }
+    /// Number of present blocks.
+    pub fn present_count(&self) -> u64 {
+        count_bits(&self.bytes[self.layout.bitmap_off..self.layout.bitmap_off + self.layout.bitmap_len])
+    }
+    /// Last-access time, seconds since the epoch.
+    pub fn last_access(&self) -> u64 {
+        read_u64(&self.bytes, self.layout.state_off)
+    }
+    /// Verification state.
+    pub fn verify_state(&self) -> VerifyState {
+        VerifyState::from_code(self.bytes[self.layout.state_off + 8])
+    }
+    /// Recorded blake3 of block `b`.
+    pub fn block_hash(&self, b: u64) -> [u8; 32] {
+        let off = self.layout.records_off + RECORD_LEN * b as usize;
+        self.bytes[off..off + 32].try_into().unwrap()
+    }
+}
+
+fn bit(bitmap: &[u8], b: u64) -> bool {
+    bitmap[(b / 8) as usize] & (1 << (b % 8)) != 0
+}
+
+fn count_bits(bitmap: &[u8]) -> u64 {
+    bitmap.iter().map(|x| x.count_ones() as u64).sum()
+}
+
+fn read_u64(bytes: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::format::tests::vector_header;
+
+    #[test]
+    fn create_mark_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.idx");
+        let mut idx = ObjectIndex::create(&path, vector_header()).unwrap();
+        assert_eq!(idx.present_count(), 0);
+        idx.mark_present(2, &[9u8; 32], 77);
+        idx.touch(1234);
+        idx.set_verify_state(VerifyState::Verified);
+        drop(idx);
+        let idx = ObjectIndex::open(&path).unwrap();
+        assert!(idx.is_present(2) && !idx.is_present(0));
+        assert_eq!(idx.block_hash(2), [9u8; 32]);
+        assert_eq!(idx.last_access(), 1234);
+        assert_eq!(idx.verify_state(), VerifyState::Verified);
+        let snap = ObjectIndex::read_snapshot(&path).unwrap();
+        assert_eq!(snap.present_count(), 1);
+    }
+
+    #[test]
+    fn truncated_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.idx");
+        ObjectIndex::create(&path, vector_header()).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - 1).unwrap();
+        assert!(matches!(ObjectIndex::open(&path), Err(IndexError::Format { .. })));
+    }
+
+    /// The committed fixture: an index with block 1 present, made by `create` + `mark_present`.
+    #[test]
+    fn fixture_index_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/index-v1.idx");
+        let snap = ObjectIndex::read_snapshot(&path).unwrap();
+        assert_eq!(snap.header, vector_header());
+        assert_eq!(snap.present_count(), 1);
+        assert!(snap.is_present(1));
+        assert_eq!(snap.block_hash(1), *blake3::hash(&[0xABu8; 1 << 20]).as_bytes());
+        assert_eq!(snap.last_access(), 1_700_000_500);
+        assert_eq!(snap.verify_state(), VerifyState::Pending);
+    }
+}

@@ -1,0 +1,444 @@
+//! The persistent block cache: which blocks of which object versions are on local disk, reading
+//! them back verified, writing new ones, and keeping the directory under its size limit.
+//!
+//! Layers: [`store`] knows paths, the marker and the lock; [`format`] and [`index`] know the
+//! index bytes; this module ties them to an [`IoEngine`] and the eviction order. A block read
+//! that fails in any way (I/O error, blake3 mismatch) is a *miss*, never an error to the reader:
+//! the fetcher gets the bytes from S3 again.
+
+pub mod format;
+pub mod index;
+pub mod store;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::checksum::{block_hash, Algorithm, ChecksumType};
+use crate::io::IoEngine;
+use crate::metrics::Metrics;
+use crate::object::ObjectInfo;
+use format::{IndexHeader, Layout, VerifyState};
+use index::{IndexError, ObjectIndex};
+pub use store::{CacheDir, CacheDirError, ObjectId};
+
+/// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default
+/// (`/proc/sys/fs/fuse/max_pages_limit` pages), so one sequential read maps to one block.
+pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
+/// How long the cache stops growing after the disk said ENOSPC before it tries again.
+const FULL_BACKOFF: Duration = Duration::from_secs(30);
+/// Disk allocation unit assumed when accounting for space (what `du` would count).
+const DISK_UNIT: u64 = 4096;
+
+/// How the cache behaves; plain fields with documented defaults.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Block size for new entries. Default: [`DEFAULT_BLOCK_SIZE`].
+    pub block_size: u32,
+    /// Upper bound on data + index bytes on disk; `None` for no bound. Default: `None`.
+    pub max_size: Option<u64>,
+    /// Re-hash a block on every read from disk, not only the first per mount. Default: false.
+    pub verify_every_read: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { block_size: DEFAULT_BLOCK_SIZE, max_size: None, verify_every_read: false }
+    }
+}
+
+/// Errors that stop an object from being cached at all (the reader then gets bytes from S3
+/// without caching, or EIO if S3 fails too).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Index trouble.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Data file trouble.
+    #[error("cache data file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// One object version's cache entry, shared by every open handle and in-flight fetch of it.
+/// While any `Arc` to it lives, eviction leaves it alone.
+pub struct CachedObject {
+    /// The entry's id.
+    pub id: ObjectId,
+    header: IndexHeader,
+    index: Mutex<ObjectIndex>,
+    data: Arc<File>,
+    data_path: std::path::PathBuf,
+    /// Blocks whose blake3 was checked during this mount; the rest are checked on first read.
+    checked: Mutex<Vec<u64>>,
+}
+
+impl CachedObject {
+    /// The immutable header (size, block size, identity).
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.header.block_count()
+    }
+
+    /// Whether every block is present: the object can be handed to the kernel whole.
+    pub fn is_complete(&self) -> bool {
+        self.index.lock().unwrap().present_count() == self.block_count()
+    }
+
+    /// Whether block `b` is present.
+    pub fn is_present(&self, b: u64) -> bool {
+        self.index.lock().unwrap().is_present(b)
+    }
+
+    /// The data file's path (passthrough opens it directly).
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    fn was_checked(&self, b: u64) -> bool {
+        self.checked.lock().unwrap()[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    fn set_checked(&self, b: u64, yes: bool) {
+        let mut bits = self.checked.lock().unwrap();
+        let word = &mut bits[(b / 64) as usize];
+        if yes {
+            *word |= 1 << (b % 64);
+        } else {
+            *word &= !(1 << (b % 64));
+        }
+    }
+
+    fn entry_bytes(&self) -> u64 {
+        let index = self.index.lock().unwrap();
+        let idx_len = Layout::new(self.header.encoded_len(), self.block_count()).file_len as u64;
+        let data: u64 = (0..self.block_count())
+            .filter(|&b| index.is_present(b))
+            .map(|b| round_up(self.header.block_len(b) as u64))
+            .sum();
+        round_up(idx_len) + data
+    }
+}
+
+fn round_up(n: u64) -> u64 {
+    n.div_ceil(DISK_UNIT) * DISK_UNIT
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+struct State {
+    /// Entries in use; eviction skips any id whose weak reference still upgrades.
+    open: HashMap<ObjectId, Weak<CachedObject>>,
+    /// Every entry on disk, least recently used first, with its accounted bytes.
+    lru: LruCache<ObjectId, u64>,
+    /// Sum of the accounted bytes.
+    total: u64,
+    /// Set after ENOSPC: the cache does not grow until this instant.
+    full_until: Option<Instant>,
+}
+
+/// The block cache of one cache directory.
+pub struct BlockCache {
+    dir: CacheDir,
+    io: Arc<dyn IoEngine>,
+    metrics: Arc<Metrics>,
+    config: CacheConfig,
+    state: Mutex<State>,
+}
+
+impl BlockCache {
+    /// Opens the directory (which must already be locked by `dir`) and rebuilds the eviction
+    /// order and size accounting from the index files: nothing is wiped. Leftovers of a crash
+    /// (temp files, data without index) and unreadable indexes are deleted; indexes of a newer
+    /// format are left alone.
+    pub fn open(dir: CacheDir, io: Arc<dyn IoEngine>, metrics: Arc<Metrics>, config: CacheConfig) -> std::io::Result<Self> {
+        let (ids, strays) = dir.scan()?;
+        for stray in strays {
+            tracing::info!("removing leftover cache file {}", stray.display());
+            let _ = std::fs::remove_file(stray);
+        }
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (data, idx) = dir.paths(&id);
+            match ObjectIndex::read_snapshot(&idx) {
+                Ok(snap) => {
+                    let h = &snap.header;
+                    let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
+                    let data_bytes: u64 = (0..h.block_count())
+                        .filter(|&b| snap.is_present(b))
+                        .map(|b| round_up(h.block_len(b) as u64))
+                        .sum();
+                    entries.push((snap.last_access(), id, round_up(idx_len) + data_bytes));
+                }
+                Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
+                    tracing::warn!("{} was written by a newer hoardfs; leaving it alone", idx.display());
+                }
+                Err(e) => {
+                    tracing::warn!("dropping unreadable cache entry: {e}");
+                    let _ = std::fs::remove_file(&idx);
+                    let _ = std::fs::remove_file(&data);
+                }
+            }
+        }
+        entries.sort();
+        let mut lru = LruCache::unbounded();
+        let mut total = 0;
+        for (_, id, bytes) in entries {
+            lru.put(id, bytes);
+            total += bytes;
+        }
+        Ok(Self {
+            dir,
+            io,
+            metrics,
+            config,
+            state: Mutex::new(State { open: HashMap::new(), lru, total, full_until: None }),
+        })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &CacheDir {
+        &self.dir
+    }
+
+    /// The I/O engine in use.
+    pub fn io(&self) -> &Arc<dyn IoEngine> {
+        &self.io
+    }
+
+    /// Accounted bytes on disk (data rounded to 4 KiB units, plus indexes).
+    pub fn total_bytes(&self) -> u64 {
+        self.state.lock().unwrap().total
+    }
+
+    /// Number of object versions on disk.
+    pub fn entry_count(&self) -> usize {
+        self.state.lock().unwrap().lru.len()
+    }
+
+    /// The entry for an object version, opening or creating its files. Creating writes the data
+    /// file (sparse, full length) before the index, so an index always has its data file.
+    pub fn open_object(&self, bucket: &str, info: &ObjectInfo) -> Result<Arc<CachedObject>, CacheError> {
+        let id = ObjectId::new(bucket, &info.key, &info.etag);
+        let mut state = self.state.lock().unwrap();
+        if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
+            state.lru.promote(&id);
+            return Ok(obj);
+        }
+        let (data_path, idx_path) = self.dir.paths(&id);
+        let wanted = IndexHeader {
+            block_size: self.config.block_size,
+            object_size: info.size,
+            mtime_ms: info
+                .last_modified
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            checksum_algorithm: Algorithm::None,
+            checksum_type: ChecksumType::None,
+            part_sizes: vec![],
+            bucket: bucket.to_string(),
+            key: info.key.clone(),
+            etag: info.etag.clone(),
+            checksum_value: String::new(),
+        };
+        let existing = match ObjectIndex::open(&idx_path) {
+            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => Some(idx),
+            Ok(_) => None,
+            Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!("replacing damaged cache entry: {e}");
+                None
+            }
+        };
+        let index = match existing {
+            Some(idx) => idx,
+            None => {
+                if let Some(old) = state.lru.pop(&id) {
+                    state.total -= old;
+                }
+                let io_err = |source| CacheError::Io { path: data_path.display().to_string(), source };
+                std::fs::create_dir_all(data_path.parent().unwrap()).map_err(io_err)?;
+                let f = File::create(&data_path).map_err(io_err)?;
+                f.set_len(info.size).map_err(io_err)?;
+                ObjectIndex::create(&idx_path, wanted)?
+            }
+        };
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
+        let mut index = index;
+        index.touch(now_secs());
+        let header = index.header().clone();
+        let words = header.block_count().div_ceil(64) as usize;
+        let obj = Arc::new(CachedObject {
+            id,
+            header,
+            index: Mutex::new(index),
+            data: Arc::new(data),
+            data_path,
+            checked: Mutex::new(vec![0; words]),
+        });
+        let bytes = obj.entry_bytes();
+        let old = state.lru.put(id, bytes).unwrap_or(0);
+        state.total = state.total - old + bytes;
+        state.open.retain(|_, w| w.strong_count() > 0);
+        state.open.insert(id, Arc::downgrade(&obj));
+        Ok(obj)
+    }
+
+    /// Reads `range` of block `b` from disk, or `None` on a miss. The first read of a block in
+    /// a mount (or every read with `verify_every_read`) reads the whole block and checks its
+    /// blake3; a mismatch clears the block and reports a miss so the bytes are refetched.
+    pub async fn read_block(&self, obj: &CachedObject, b: u64, range: Range<usize>) -> Option<Bytes> {
+        if !obj.is_present(b) {
+            Metrics::add(&self.metrics.cache_miss_blocks, 1);
+            return None;
+        }
+        let block_off = b * obj.header.block_size as u64;
+        let verify = self.config.verify_every_read || !obj.was_checked(b);
+        let result = if verify {
+            let len = obj.header.block_len(b);
+            match self.io.read_at(&obj.data, block_off, len).await {
+                Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
+                    obj.set_checked(b, true);
+                    Ok(block.slice(range.clone()))
+                }
+                Ok(_) => {
+                    Metrics::add(&self.metrics.blake3_mismatches, 1);
+                    tracing::warn!(
+                        "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
+                        obj.header.bucket, obj.header.key
+                    );
+                    obj.index.lock().unwrap().clear(b);
+                    obj.set_checked(b, false);
+                    Metrics::add(&self.metrics.cache_miss_blocks, 1);
+                    return None;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.io.read_at(&obj.data, block_off + range.start as u64, range.len()).await
+        };
+        match result {
+            Ok(bytes) => {
+                Metrics::add(&self.metrics.cache_hit_blocks, 1);
+                Metrics::add(&self.metrics.cache_bytes_read, bytes.len() as u64);
+                Some(bytes)
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.cache_read_errors, 1);
+                Metrics::add(&self.metrics.cache_miss_blocks, 1);
+                tracing::warn!("reading cache file {}: {e}; serving from S3", obj.data_path.display());
+                None
+            }
+        }
+    }
+
+    /// Stores block `b` (already fetched and checked by the caller). Space is reserved first,
+    /// evicting least recently used entries that nobody has open; if none can go, or the disk is
+    /// full, the block is simply not cached. The data is written before the index claims it.
+    pub async fn write_block(&self, obj: &Arc<CachedObject>, b: u64, data: Bytes, hash: [u8; 32]) {
+        let cost = round_up(data.len() as u64);
+        if !self.reserve(obj.id, cost) {
+            return;
+        }
+        let offset = b * obj.header.block_size as u64;
+        match self.io.write_at(&obj.data, offset, data).await {
+            Ok(()) => {
+                obj.index.lock().unwrap().mark_present(b, &hash, 0);
+                obj.set_checked(b, true);
+                Metrics::add(&self.metrics.blocks_written, 1);
+            }
+            Err(e) => {
+                self.release(obj.id, cost);
+                Metrics::add(&self.metrics.cache_write_errors, 1);
+                let mut state = self.state.lock().unwrap();
+                if state.full_until.is_none() {
+                    tracing::warn!(
+                        "writing to the cache failed ({e}); reads continue from S3 and the cache stops growing for {}s",
+                        FULL_BACKOFF.as_secs()
+                    );
+                }
+                state.full_until = Some(Instant::now() + FULL_BACKOFF);
+            }
+        }
+    }
+
+    fn reserve(&self, id: ObjectId, cost: u64) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if let Some(until) = state.full_until {
+            if Instant::now() < until {
+                return false;
+            }
+            state.full_until = None;
+        }
+        if let Some(limit) = self.config.max_size {
+            while state.total + cost > limit {
+                let victim = state
+                    .lru
+                    .iter()
+                    .rev()
+                    .map(|(id, _)| *id)
+                    .find(|v| *v != id && state.open.get(v).is_none_or(|w| w.strong_count() == 0));
+                let Some(victim) = victim else { return false };
+                let bytes = state.lru.pop(&victim).unwrap_or(0);
+                state.total -= bytes;
+                state.open.remove(&victim);
+                let (data, idx) = self.dir.paths(&victim);
+                // Index first: without it the data file is an orphan that the next scan deletes.
+                let _ = std::fs::remove_file(idx);
+                let _ = std::fs::remove_file(data);
+                Metrics::add(&self.metrics.evicted_objects, 1);
+                Metrics::add(&self.metrics.evicted_bytes, bytes);
+            }
+        }
+        state.total += cost;
+        if let Some(entry) = state.lru.get_mut(&id) {
+            *entry += cost;
+        }
+        true
+    }
+
+    fn release(&self, id: ObjectId, cost: u64) {
+        let mut state = self.state.lock().unwrap();
+        state.total -= cost;
+        if let Some(entry) = state.lru.get_mut(&id) {
+            *entry -= cost;
+        }
+    }
+
+    /// Flushes every open index's map; called at unmount.
+    pub fn flush(&self) {
+        let state = self.state.lock().unwrap();
+        for obj in state.open.values().filter_map(Weak::upgrade) {
+            let _ = obj.index.lock().unwrap().flush_async();
+        }
+    }
+
+    /// The verification state of an entry.
+    pub fn verify_state(&self, obj: &CachedObject) -> VerifyState {
+        obj.index.lock().unwrap().verify_state()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The cache directory on disk: its marker, its lock, and where each object's files live.
+//!
+//! ```text
+//! CACHE_DIR/
+//!   hoardfs-cache          marker: identifies the directory and its format version
+//!   lock                   flock()ed by the one process that writes (a mount or `cache warm`)
+//!   objects/<aa>/<id>.data sparse data file: byte i of the object at offset i
+//!   objects/<aa>/<id>.idx  index: header, state, presence bitmap, block records
+//! ```
+//! `<id>` is the hex blake3 of bucket, key and ETag (see [`ObjectId`]); `<aa>` its first byte.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::format::FORMAT_VERSION;
+
+/// Name of the marker file.
+pub const MARKER: &str = "hoardfs-cache";
+/// Name of the lock file.
+pub const LOCK: &str = "lock";
+/// Directory holding the object files.
+pub const OBJECTS: &str = "objects";
+/// Entries a fresh file system may already have, which do not make a directory "foreign".
+const HARMLESS: &[&str] = &["lost+found"];
+
+/// Errors about the cache directory as a whole; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheDirError {
+    /// The OS refused an operation on the directory.
+    #[error("cache dir {path}: {source} (check that it exists, is writable and is on a local file system)")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The directory holds other files: refuse rather than mix our files into someone's data.
+    #[error("cache dir {0} is not empty and is not a hoardfs cache; pass an empty or new directory")]
+    Foreign(PathBuf),
+    /// The directory was written by a newer hoardfs; nothing is touched.
+    #[error("cache dir {path} has format version {found}, newer than this hoardfs understands ({FORMAT_VERSION}); upgrade hoardfs or use another --cache-dir (nothing was changed)")]
+    NewerVersion {
+        /// The directory.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// The marker is unreadable.
+    #[error("cache dir {0}: marker file {MARKER} is damaged; if this is a hoardfs cache, delete the directory to start afresh")]
+    BadMarker(PathBuf),
+    /// Another process owns the directory.
+    #[error("cache dir {path} is in use by another hoardfs process (pid {pid}); unmount it first or use another --cache-dir")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// The owner's pid, as written in the lock file.
+        pid: String,
+    },
+}
+
+/// Identity of one object version in the cache: blake3 of `bucket \0 key \0 etag`, so a new
+/// ETag is a new entry and old bytes can never be served for new content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub [u8; 32]);
+
+impl ObjectId {
+    /// Derives the id of an object version.
+    pub fn new(bucket: &str, key: &str, etag: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"hoardfs-object-v1\0");
+        for part in [bucket, key, etag] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        Self(*h.finalize().as_bytes())
+    }
+
+    /// Lower-case hex, the file stem on disk.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses a file stem back into an id.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+/// An opened cache directory. Holding the exclusive form keeps the lock.
+pub struct CacheDir {
+    root: PathBuf,
+    _lock: Option<File>,
+}
+
+impl CacheDir {
+    /// Opens (creating if needed) `root` for writing and takes its lock: one writer per
+    /// directory, so two mounts can never interleave index updates.
+    pub fn open_exclusive(root: &Path) -> Result<Self, CacheDirError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheDirError::Io { path, source }
+        };
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        Self::check_marker(root, true)?;
+        std::fs::create_dir_all(root.join(OBJECTS)).map_err(io(root))?;
+        let lock_path = root.join(LOCK);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = lock.read_to_string(&mut pid);
+            return Err(CacheDirError::Locked { path: root.to_path_buf(), pid: pid.trim().to_string() });
+        }
+        lock.set_len(0).map_err(io(&lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
+        Ok(Self { root: root.to_path_buf(), _lock: Some(lock) })
+    }
+
+    /// Opens an existing cache directory for reading only (inspection beside a mount).
+    pub fn open_read_only(root: &Path) -> Result<Self, CacheDirError> {
+        if !root.join(MARKER).exists() {
+            return Err(if root.exists() {
+                CacheDirError::Foreign(root.to_path_buf())
+            } else {
+                CacheDirError::Io {
+                    path: root.to_path_buf(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                }
+            });
+        }
+        Self::check_marker(root, false)?;
+        Ok(Self { root: root.to_path_buf(), _lock: None })
+    }
+
+    /// Whether another process holds the lock right now (a mount is running).
+    pub fn is_locked(root: &Path) -> Option<String> {
+        let file = File::open(root.join(LOCK)).ok()?;
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            return None;
+        }
+        Some(std::fs::read_to_string(root.join(LOCK)).unwrap_or_default().trim().to_string())
+    }
+
+    fn check_marker(root: &Path, create: bool) -> Result<(), CacheDirError> {
+        let marker = root.join(MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let version = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("format-version = "))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .ok_or_else(|| CacheDirError::BadMarker(root.to_path_buf()))?;
+                if version > FORMAT_VERSION {
+                    return Err(CacheDirError::NewerVersion { path: root.to_path_buf(), found: version });
+                }
+                if version < FORMAT_VERSION {
+                    return Err(CacheDirError::BadMarker(root.to_path_buf()));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let foreign = std::fs::read_dir(root)
+                    .map_err(|source| CacheDirError::Io { path: root.to_path_buf(), source })?
+                    .flatten()
+                    .any(|e| !HARMLESS.contains(&e.file_name().to_string_lossy().as_ref()));
+                if foreign {
+                    return Err(CacheDirError::Foreign(root.to_path_buf()));
+                }
+                std::fs::write(&marker, marker_text())
+                    .map_err(|source| CacheDirError::Io { path: marker, source })
+            }
+            Err(source) => Err(CacheDirError::Io { path: marker, source }),
+        }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Data and index paths of an object version.
+    pub fn paths(&self, id: &ObjectId) -> (PathBuf, PathBuf) {
+        let hex = id.hex();
+        let dir = self.root.join(OBJECTS).join(&hex[..2]);
+        (dir.join(format!("{hex}.data")), dir.join(format!("{hex}.idx")))
+    }
+
+    /// Every object id that has an index file, plus stray files (orphan data files, temp files
+    /// left by a crash) that a writer should delete.
+    pub fn scan(&self) -> std::io::Result<(Vec<ObjectId>, Vec<PathBuf>)> {
+        let mut ids = Vec::new();
+        let mut strays = Vec::new();
+        let objects = self.root.join(OBJECTS);
+        let Ok(shards) = std::fs::read_dir(&objects) else { return Ok((ids, strays)) };
+        for shard in shards {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            let mut stems = std::collections::HashMap::<String, (bool, bool)>::new();
+            for entry in std::fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match name.rsplit_once('.') {
+                    Some((stem, "idx")) => stems.entry(stem.to_string()).or_default().1 = true,
+                    Some((stem, "data")) => stems.entry(stem.to_string()).or_default().0 = true,
+                    _ => strays.push(entry.path()),
+                }
+            }
+            for (stem, (has_data, has_idx)) in stems {
+                match (ObjectId::from_hex(&stem), has_data, has_idx) {
+                    (Some(id), true, true) => ids.push(id),
+                    _ => {
+                        for ext in ["data", "idx"] {
+                            let p = shard.path().join(format!("{stem}.{ext}"));
+                            if p.exists() {
+                                strays.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok((ids, strays))
+    }
+}
+
+fn marker_text() -> String {
+    format!(
+        "hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {FORMAT_VERSION}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CacheDir::open_exclusive(dir.path()).unwrap();
+        assert!(matches!(CacheDir::open_exclusive(dir.path()), Err(CacheDirError::Locked { .. })));
+        assert!(CacheDir::is_locked(dir.path()).is_some());
+        assert!(CacheDir::open_read_only(dir.path()).is_ok());
+        drop(a);
+        assert!(CacheDir::is_locked(dir.path()).is_none());
+        CacheDir::open_exclusive(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn refuses_foreign_and_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
+        assert!(matches!(CacheDir::open_exclusive(dir.path()), Err(CacheDirError::Foreign(_))));
+        assert_eq!(std::fs::read_to_string(dir.path().join("thesis.tex")).unwrap(), "precious");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MARKER), "format-version = 99\n").unwrap();
+        let err = CacheDir::open_exclusive(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("upgrade hoardfs"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing may be created");
+    }
+
+    #[test]
+    fn id_hex_roundtrip() {
+        let id = ObjectId::new("b", "k", "\"e\"");
+        assert_eq!(ObjectId::from_hex(&id.hex()), Some(id));
+    }
+
+    #[test]
+    fn fixture_marker_is_accepted() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/cache-dir");
+        CacheDir::open_read_only(&root).unwrap();
+        let (ids, strays) = CacheDir::open_read_only(&root).unwrap().scan().unwrap();
+        assert_eq!(ids.len(), 1);
+        assert!(strays.is_empty());
+    }
+}

@@ -1,0 +1,211 @@
+//! The command line: flags, help text, and turning errors into messages and exit codes.
+//! `anyhow` lives only here; the library's errors are typed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cache::CacheConfig;
+use crate::fs::PrefetchConfig;
+use crate::io::EngineChoice;
+use crate::mount::{mount, MountConfig};
+use crate::object::s3::S3Config;
+use crate::units::{parse_size, parse_ttl, Ttl};
+
+/// Line the daemon writes on its stdout once the mount is up, for the launching parent.
+const READY_LINE: &str = "hoardfs: mounted";
+/// Environment variable telling a re-executed child that a parent waits for [`READY_LINE`].
+const DAEMON_ENV: &str = "HOARDFS_DAEMON_CHILD";
+
+/// hoardfs: mount an S3 bucket read-only, with a persistent, verified block cache on local disk.
+///
+/// Epoch 1 of a training job streams from S3; later epochs, and later mounts of the same cache
+/// directory, read from local disk. Every cached block is checked with blake3 before use.
+#[derive(Parser, Debug)]
+#[command(name = "hoardfs", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Mount s3://BUCKET[/PREFIX] at MOUNTPOINT (read-only).
+    Mount(MountArgs),
+}
+
+/// Flags of `hoardfs mount`.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// What to mount: s3://BUCKET or s3://BUCKET/PREFIX (the prefix becomes the mount's root).
+    pub source: String,
+    /// Empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Directory for the persistent block cache (created if missing). Reused across mounts: data
+    /// cached by an earlier mount is served without contacting S3 again.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: PathBuf,
+    /// S3-compatible endpoint, for example http://127.0.0.1:9000. Default: AWS.
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region. Default: from AWS_REGION or the profile (us-east-1 with --endpoint-url).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Address buckets as http://host/bucket/key (most local S3 servers need this).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Stay in the foreground; Ctrl-C unmounts. Without it, hoardfs returns once the mount is
+    /// ready and keeps serving in the background (unmount with `fusermount3 -u MOUNTPOINT`).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Let users other than the one mounting read the files.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Largest size the cache may take on disk, such as 20MiB or 500GiB; least recently used
+    /// objects are evicted beyond it. Default: unlimited.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_cache_size: Option<u64>,
+    /// How long listings and object metadata are trusted before S3 is asked again: seconds, or
+    /// `indefinite` for datasets that never change.
+    #[arg(long, value_name = "SECONDS|indefinite", default_value = "60", value_parser = parse_ttl)]
+    pub metadata_ttl: Ttl,
+    /// Block size of newly cached objects (4KiB..64MiB). Existing entries keep theirs.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub block_size: u64,
+    /// How cache files are read and written: io_uring when the kernel allows it (auto), io_uring
+    /// or fail (uring), or plain pread/pwrite (psync).
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    pub io_engine: EngineChoice,
+    /// Re-check a cached block's blake3 on every read, not only its first read in a mount.
+    #[arg(long)]
+    pub verify_every_read: bool,
+    /// Serve Prometheus metrics on this address, such as 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most ranged GETs in flight at once.
+    #[arg(long, value_name = "N", default_value_t = crate::fetch::DEFAULT_MAX_CONCURRENT_GETS)]
+    pub max_concurrent_gets: usize,
+    /// Most blocks fetched ahead of a sequential reader.
+    #[arg(long, value_name = "N", default_value_t = PrefetchConfig::default().max_blocks)]
+    pub prefetch_blocks: u64,
+    /// Threads reading FUSE requests from the kernel.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub fuse_threads: usize,
+    /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Splits `s3://bucket/prefix` into bucket and prefix.
+pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
+    let Some(rest) = uri.strip_prefix("s3://") else {
+        bail!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX");
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !valid {
+        bail!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'");
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+/// Runs `hoardfs mount`.
+pub fn run_mount(args: MountArgs) -> Result<()> {
+    let (bucket, prefix) = parse_s3_uri(&args.source)?;
+    let block_size = u32::try_from(args.block_size)
+        .ok()
+        .filter(|b| crate::cache::format::BLOCK_SIZE_RANGE.contains(b))
+        .with_context(|| format!("--block-size {} is outside 4KiB..64MiB", args.block_size))?;
+    if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
+        return launch_daemon(&args);
+    }
+    let s3 = S3Config { bucket, endpoint_url: args.endpoint_url.clone(), region: args.region.clone(), force_path_style: args.force_path_style };
+    let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
+    config.cache = CacheConfig { block_size, max_size: args.max_cache_size, verify_every_read: args.verify_every_read };
+    config.metadata_ttl = args.metadata_ttl;
+    config.allow_other = args.allow_other;
+    config.io_engine = args.io_engine;
+    config.metrics_addr = args.metrics_addr;
+    config.max_concurrent_gets = args.max_concurrent_gets;
+    config.prefetch = PrefetchConfig { max_blocks: args.prefetch_blocks };
+    config.fuse_threads = args.fuse_threads;
+    let handle = mount(config)?;
+    if std::env::var_os(DAEMON_ENV).is_some() {
+        announce_ready_and_detach(&args)?;
+    } else {
+        eprintln!("hoardfs: mounted {} at {}; Ctrl-C unmounts", args.source, args.mountpoint.display());
+    }
+    handle.run_until_signal().context("unmounting")?;
+    Ok(())
+}
+
+/// Re-runs this command as a detached child in its own session and waits until it reports the
+/// mount ready (exit 0) or fails (its error is already on our stderr; exit with its status).
+fn launch_daemon(args: &MountArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the hoardfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: setsid is async-signal-safe and is the only call made between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the hoardfs daemon")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        if line.map(|l| l == READY_LINE).unwrap_or(false) {
+            eprintln!("hoardfs: mounted {} at {} (pid {})", args.source, args.mountpoint.display(), child.id());
+            return Ok(());
+        }
+    }
+    let status = child.wait().context("waiting for the hoardfs daemon")?;
+    std::process::exit(status.code().unwrap_or(1).max(1));
+}
+
+/// In the daemon child: tell the parent we are up, then move stdout and stderr to the log file
+/// so the parent's pipes close and the terminal is free.
+fn announce_ready_and_detach(args: &MountArgs) -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let log_path = args.log_file.clone().unwrap_or_else(|| args.cache_dir.join("hoardfs.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening log file {}", log_path.display()))?;
+    println!("{READY_LINE}");
+    std::io::stdout().flush()?;
+    // SAFETY: dup2 onto the standard descriptors of this process; `log` outlives the calls.
+    unsafe {
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_uris() {
+        assert_eq!(parse_s3_uri("s3://my-bucket").unwrap(), ("my-bucket".into(), "".into()));
+        assert_eq!(parse_s3_uri("s3://my-bucket/a/b/").unwrap(), ("my-bucket".into(), "a/b/".into()));
+        assert!(parse_s3_uri("my-bucket").unwrap_err().to_string().contains("s3://BUCKET"));
+        assert!(parse_s3_uri("s3://Bad_Bucket").unwrap_err().to_string().contains("valid bucket name"));
+    }
+}

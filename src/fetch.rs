@@ -1,0 +1,140 @@
+//! Filling cache misses from S3: one ranged GET per missing block, never two for the same block
+//! at once (single-flight), a bounded number in flight, and prefetch for sequential readers.
+//!
+//! A fetch runs as its own task, so a reader that gives up (a cancelled FUSE request) does not
+//! waste the GET: the block still lands in the cache for the next reader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::cache::{BlockCache, CachedObject, ObjectId};
+use crate::checksum::block_hash;
+use crate::metrics::Metrics;
+use crate::object::{ObjectClient, ObjectError};
+
+/// Concurrent GETs at most, by default. 16 saturates a loopback server and, with 1 MiB blocks,
+/// keeps about 16 MiB in flight.
+pub const DEFAULT_MAX_CONCURRENT_GETS: usize = 16;
+
+/// Why a block could not be fetched; cloned to every waiter of a shared fetch.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The object changed in S3 since it was opened (If-Match failed).
+    #[error("{0}")]
+    Changed(String),
+    /// The object is gone.
+    #[error("{0}")]
+    NotFound(String),
+    /// S3 could not supply the bytes.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ObjectError> for FetchError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::PreconditionFailed(_) => Self::Changed(e.to_string()),
+            ObjectError::NotFound(_) => Self::NotFound(e.to_string()),
+            _ => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+type Waiters = Vec<oneshot::Sender<Result<Bytes, FetchError>>>;
+
+/// The background fetcher of one mount.
+pub struct Fetcher {
+    client: Arc<dyn ObjectClient>,
+    cache: Arc<BlockCache>,
+    metrics: Arc<Metrics>,
+    inflight: Mutex<HashMap<(ObjectId, u64), Waiters>>,
+    permits: Semaphore,
+}
+
+impl Fetcher {
+    /// A fetcher allowing `max_concurrent_gets` GETs at once.
+    pub fn new(client: Arc<dyn ObjectClient>, cache: Arc<BlockCache>, metrics: Arc<Metrics>, max_concurrent_gets: usize) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            cache,
+            metrics,
+            inflight: Mutex::default(),
+            permits: Semaphore::new(max_concurrent_gets.max(1)),
+        })
+    }
+
+    /// The whole of block `b`, fetched from S3 (or joined to a fetch already under way) and
+    /// stored in the cache.
+    pub async fn fetch(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) -> Result<Bytes, FetchError> {
+        let (tx, rx) = oneshot::channel();
+        self.start(obj, b, Some(tx));
+        rx.await.unwrap_or_else(|_| Err(FetchError::Failed("fetch task ended without an answer".into())))
+    }
+
+    /// Starts fetching block `b` in the background unless it is present or already coming.
+    pub fn prefetch(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) {
+        if b < obj.block_count() && !obj.is_present(b) && self.start(obj, b, None) {
+            Metrics::add(&self.metrics.prefetch_blocks, 1);
+        }
+    }
+
+    /// Registers `waiter` for block `b`; spawns the fetch if nobody else has. Returns whether a
+    /// new fetch was spawned.
+    fn start(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64, waiter: Option<oneshot::Sender<Result<Bytes, FetchError>>>) -> bool {
+        let key = (obj.id, b);
+        let mut inflight = self.inflight.lock().unwrap();
+        if let Some(waiters) = inflight.get_mut(&key) {
+            waiters.extend(waiter);
+            return false;
+        }
+        inflight.insert(key, waiter.into_iter().collect());
+        drop(inflight);
+        let this = Arc::clone(self);
+        let obj = Arc::clone(obj);
+        tokio::spawn(async move { this.run(obj, b).await });
+        true
+    }
+
+    async fn run(self: Arc<Self>, obj: Arc<CachedObject>, b: u64) {
+        let key = (obj.id, b);
+        let result = self.get_block(&obj, b).await;
+        // Answer everyone waiting now, then write; readers who arrive during the write join the
+        // entry (still present) and are answered after it.
+        let waiters = std::mem::take(self.inflight.lock().unwrap().get_mut(&key).unwrap());
+        answer(waiters, &result);
+        if let Ok((bytes, hash)) = &result {
+            self.cache.write_block(&obj, b, bytes.clone(), *hash).await;
+        }
+        let late = self.inflight.lock().unwrap().remove(&key).unwrap_or_default();
+        answer(late, &result);
+    }
+
+    async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<(Bytes, [u8; 32]), FetchError> {
+        let h = obj.header();
+        let start = b * h.block_size as u64;
+        let range = start..start + h.block_len(b) as u64;
+        let _permit = self.permits.acquire().await.expect("semaphore is never closed");
+        let bytes = self.client.get_range(&h.key, &h.etag, range).await.map_err(|e| {
+            tracing::warn!("fetching block {b} of s3://{}/{}: {e}", h.bucket, h.key);
+            FetchError::from(e)
+        })?;
+        let hash = block_hash(&bytes);
+        Ok((bytes, hash))
+    }
+
+    /// A range straight from S3 without caching: the path of last resort when the cache cannot
+    /// hold an entry for the object at all.
+    pub async fn fetch_uncached(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> Result<Bytes, FetchError> {
+        let _permit = self.permits.acquire().await.expect("semaphore is never closed");
+        Ok(self.client.get_range(key, etag, range).await?)
+    }
+}
+
+fn answer(waiters: Waiters, result: &Result<(Bytes, [u8; 32]), FetchError>) {
+    for w in waiters {
+        let _ = w.send(result.clone().map(|(bytes, _)| bytes));
+    }
+}

@@ -1,0 +1,241 @@
+//! The file system's logic as plain async functions returning `Result<_, FsError>`.
+//!
+//! Nothing here knows about FUSE: [`crate::fuse`] is a thin adapter that calls these and turns
+//! the result into a reply. That keeps every rule (what a read returns, which errno when) testable
+//! without a kernel, and keeps the adapter too small to hide bugs.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cache::{BlockCache, CachedObject};
+use crate::fetch::{FetchError, Fetcher};
+use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
+use crate::metrics::Metrics;
+use crate::object::ObjectInfo;
+
+/// An error with the errno the kernel should see.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (errno {errno})")]
+pub struct FsError {
+    /// The errno.
+    pub errno: i32,
+    /// What went wrong, for the log.
+    pub message: String,
+}
+
+impl FsError {
+    fn new(errno: i32, message: impl Into<String>) -> Self {
+        Self { errno, message: message.into() }
+    }
+}
+
+impl From<MetaError> for FsError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::NotFound => Self::new(libc::ENOENT, "not found"),
+            MetaError::Stale => Self::new(libc::ESTALE, "unknown inode"),
+            MetaError::S3(e) => Self::new(libc::EIO, e.to_string()),
+        }
+    }
+}
+
+impl From<FetchError> for FsError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Changed(m) => Self::new(libc::ESTALE, m),
+            FetchError::NotFound(m) => Self::new(libc::ENOENT, m),
+            FetchError::Failed(m) => Self::new(libc::EIO, m),
+        }
+    }
+}
+
+/// Attributes of a node, independent of FUSE's struct.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Directory or file.
+    pub is_dir: bool,
+}
+
+impl Attr {
+    fn of(node: &Node) -> Self {
+        match &node.kind {
+            NodeKind::Dir { .. } => Attr { ino: node.ino, size: 0, mtime: SystemTime::UNIX_EPOCH, is_dir: true },
+            NodeKind::File { info } => Attr { ino: node.ino, size: info.size, mtime: info.last_modified, is_dir: false },
+        }
+    }
+}
+
+/// Read-ahead tuning for sequential readers.
+#[derive(Clone, Copy, Debug)]
+pub struct PrefetchConfig {
+    /// Most blocks fetched ahead of a sequential reader. Default: 8 (8 MiB with 1 MiB blocks).
+    pub max_blocks: u64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self { max_blocks: 8 }
+    }
+}
+
+/// One open file handle: the object version it pinned at open, and its access pattern.
+pub struct OpenFile {
+    ino: u64,
+    info: ObjectInfo,
+    /// `None` when the cache could not hold an entry (reads then go straight to S3).
+    obj: Option<Arc<CachedObject>>,
+    /// (offset where the next sequential read would start, blocks to prefetch)
+    seq: Mutex<(u64, u64)>,
+}
+
+/// The mounted file system.
+pub struct HoardFs {
+    meta: Meta,
+    cache: Arc<BlockCache>,
+    fetcher: Arc<Fetcher>,
+    metrics: Arc<Metrics>,
+    bucket: String,
+    prefetch: PrefetchConfig,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+}
+
+impl HoardFs {
+    /// Assembles the file system from its parts.
+    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, metrics: Arc<Metrics>, bucket: String, prefetch: PrefetchConfig) -> Self {
+        Self { meta, cache, fetcher, metrics, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
+    }
+
+    /// Resolves `name` in `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        Ok(Attr::of(&self.meta.lookup(parent, name).await?))
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        Ok(Attr::of(&self.meta.node(ino)?))
+    }
+
+    /// Entries of directory `ino`, with attributes.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>, FsError> {
+        let entries = self.meta.readdir(ino).await?;
+        Ok(entries.iter().map(|DirEntry { name, node }| (name.clone(), Attr::of(node))).collect())
+    }
+
+    /// Opens file `ino` read-only; returns the handle number.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        if write {
+            return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
+        }
+        let info = self.meta.open_file(ino).await?;
+        let obj = match self.cache.open_object(&self.bucket, &info) {
+            Ok(obj) => Some(obj),
+            Err(e) => {
+                tracing::warn!("cannot cache s3://{}/{}: {e}; reading it straight from S3", self.bucket, info.key);
+                None
+            }
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(OpenFile { ino, info, obj, seq: Mutex::new((0, 0)) });
+        self.handles.lock().unwrap().insert(fh, handle);
+        Ok(fh)
+    }
+
+    /// Forgets handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Reads up to `size` bytes at `offset` through the cache.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let handle = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))?;
+        let end = (offset + size as u64).min(handle.info.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let result = match &handle.obj {
+            Some(obj) => self.read_cached(&handle, obj, offset..end).await,
+            None => self
+                .fetcher
+                .fetch_uncached(&handle.info.key, &handle.info.etag, offset..end)
+                .await
+                .map_err(FsError::from),
+        };
+        if let Err(e) = &result {
+            if e.errno == libc::ESTALE {
+                self.meta.invalidate(handle.ino);
+            }
+            tracing::warn!("read of s3://{}/{} at {offset}+{size} failed: {}", self.bucket, handle.info.key, e.message);
+        }
+        result
+    }
+
+    async fn read_cached(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>) -> Result<Bytes, FsError> {
+        let bs = obj.header().block_size as u64;
+        let (first, last) = (range.start / bs, (range.end - 1) / bs);
+        self.prefetch_after(handle, obj, range.clone(), last);
+        let mut parts = Vec::with_capacity((last - first + 1) as usize);
+        for b in first..=last {
+            let block_start = b * bs;
+            let within = (range.start.max(block_start) - block_start) as usize
+                ..(range.end.min(block_start + bs) - block_start) as usize;
+            let bytes = match self.cache.read_block(obj, b, within.clone()).await {
+                Some(bytes) => bytes,
+                None => {
+                    let block = self.fetcher.fetch(obj, b).await?;
+                    Metrics::add(&self.metrics.s3_bytes_served, within.len() as u64);
+                    block.slice(within)
+                }
+            };
+            parts.push(bytes);
+        }
+        Ok(match parts.len() {
+            1 => parts.pop().unwrap(),
+            _ => {
+                let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+                parts.iter().for_each(|p| out.extend_from_slice(p));
+                out.freeze()
+            }
+        })
+    }
+
+    /// Sequential detection: a read that starts where the last one ended doubles the window
+    /// (up to the configured maximum) and fetches that many blocks ahead; any other read resets.
+    fn prefetch_after(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>, last: u64) {
+        let window = {
+            let mut seq = handle.seq.lock().unwrap();
+            let window = if range.start == seq.0 && range.start != 0 {
+                (seq.1 * 2).clamp(1, self.prefetch.max_blocks)
+            } else {
+                0
+            };
+            *seq = (range.end, window);
+            window
+        };
+        for b in last + 1..=last + window {
+            self.fetcher.prefetch(obj, b);
+        }
+    }
+
+    /// Flushes cache state; called at unmount.
+    pub fn shutdown(&self) {
+        self.cache.flush();
+    }
+}

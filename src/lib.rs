@@ -1,0 +1,21 @@
+//! hoardfs: a read-only FUSE mount of S3 with a persistent, verified block cache on local disk,
+//! built for training jobs that read the same dataset every epoch.
+//!
+//! Layers, top to bottom: [`cli`] → [`mount`] → [`fuse`] (adapter) → [`fs`] (logic) →
+//! [`meta`] (inodes, listings) and [`cache`] (blocks on disk, via [`io`]) ← [`fetch`] (misses,
+//! via [`object`]). [`metrics`] counts what crosses each seam.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod checksum;
+pub mod cli;
+pub mod fetch;
+pub mod fs;
+pub mod fuse;
+pub mod io;
+pub mod meta;
+pub mod metrics;
+pub mod mount;
+pub mod object;
+pub mod units;

@@ -1,0 +1,22 @@
+//! The `hoardfs` binary: parse flags, set up logging, run, report errors plainly.
+
+use clap::Parser;
+use hoardfs::cli::{run_mount, Cli, Commands};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hoardfs=info,fuser=warn,warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Commands::Mount(args) => run_mount(args),
+    };
+    if let Err(e) = result {
+        eprintln!("hoardfs: error: {e:#}");
+        std::process::exit(1);
+    }
+}

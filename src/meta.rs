@@ -1,0 +1,265 @@
+//! Inodes and listings: how S3's flat keys become a directory tree, and how long what we learned
+//! about it stays true (`--metadata-ttl`).
+//!
+//! Rules, chosen to be predictable:
+//! - A prefix `p/` is a directory; objects under it are its files.
+//! - A directory marker object (`dir/`, the directory's own key) is not shown as a file.
+//! - A name that is both an object and a prefix (`a` and `a/b`) is shown as the directory; the
+//!   object is hidden, with a warning.
+//! - Keys whose path segment cannot be a file name (empty, `.`, `..`, over 255 bytes, containing
+//!   NUL) are skipped with a warning.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::object::{ObjectClient, ObjectError, ObjectInfo};
+
+/// Inode number of the mount's root directory.
+pub const ROOT_INO: u64 = 1;
+/// Longest file name Linux accepts.
+const NAME_MAX: usize = 255;
+
+/// What an inode is.
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// A prefix, with the trailing `/` (the root of an unprefixed mount is "").
+    Dir {
+        /// Full S3 prefix.
+        prefix: String,
+    },
+    /// An object version.
+    File {
+        /// What S3 last told us.
+        info: ObjectInfo,
+    },
+}
+
+/// An inode and when its facts were learned.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Inode number.
+    pub ino: u64,
+    /// What it is.
+    pub kind: NodeKind,
+    /// When S3 last confirmed it.
+    pub learned: Instant,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// File name.
+    pub name: String,
+    /// The node.
+    pub node: Node,
+}
+
+/// Metadata errors, mapped to errno by the `fs` layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// No such name.
+    #[error("no such file or directory")]
+    NotFound,
+    /// Unknown inode (forgotten or never issued).
+    #[error("stale inode")]
+    Stale,
+    /// S3 failed.
+    #[error(transparent)]
+    S3(ObjectError),
+}
+
+struct Listing {
+    entries: Arc<Vec<DirEntry>>,
+    learned: Instant,
+}
+
+#[derive(Default)]
+struct Tables {
+    nodes: HashMap<u64, Node>,
+    /// (is_dir, full path) -> ino, so a name keeps its inode across refreshes.
+    by_path: HashMap<(bool, String), u64>,
+    next: u64,
+    listings: HashMap<u64, Listing>,
+    negative: HashMap<(u64, String), Instant>,
+}
+
+/// The inode table and listing cache of one mount.
+pub struct Meta {
+    client: Arc<dyn ObjectClient>,
+    ttl: Option<Duration>,
+    tables: Mutex<Tables>,
+}
+
+/// Whether `name` can be a file name on Linux.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && name.len() <= NAME_MAX && !name.contains('\0')
+}
+
+impl Meta {
+    /// A table whose root is `prefix` ("" or ending in `/`). `ttl` of `None` means facts never
+    /// expire (immutable datasets).
+    pub fn new(client: Arc<dyn ObjectClient>, prefix: &str, ttl: Option<Duration>) -> Self {
+        let mut tables = Tables { next: ROOT_INO + 1, ..Default::default() };
+        let root = Node { ino: ROOT_INO, kind: NodeKind::Dir { prefix: prefix.to_string() }, learned: Instant::now() };
+        tables.by_path.insert((true, prefix.to_string()), ROOT_INO);
+        tables.nodes.insert(ROOT_INO, root);
+        Self { client, ttl, tables: Mutex::new(tables) }
+    }
+
+    fn fresh(&self, learned: Instant) -> bool {
+        self.ttl.is_none_or(|ttl| learned.elapsed() < ttl)
+    }
+
+    /// The node of `ino`.
+    pub fn node(&self, ino: u64) -> Result<Node, MetaError> {
+        self.tables.lock().unwrap().nodes.get(&ino).cloned().ok_or(MetaError::Stale)
+    }
+
+    fn dir_prefix(&self, ino: u64) -> Result<String, MetaError> {
+        match self.node(ino)?.kind {
+            NodeKind::Dir { prefix } => Ok(prefix),
+            NodeKind::File { .. } => Err(MetaError::NotFound),
+        }
+    }
+
+    fn intern(tables: &mut Tables, kind: NodeKind) -> Node {
+        let path = match &kind {
+            NodeKind::Dir { prefix } => (true, prefix.clone()),
+            NodeKind::File { info } => (false, info.key.clone()),
+        };
+        let ino = *tables.by_path.entry(path).or_insert_with(|| {
+            tables.next += 1;
+            tables.next - 1
+        });
+        let node = Node { ino, kind, learned: Instant::now() };
+        tables.nodes.insert(ino, node.clone());
+        node
+    }
+
+    /// Looks `name` up in directory `parent`: from a fresh listing or cached answer if there is
+    /// one, else with one HEAD and one single-key LIST sent together.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Node, MetaError> {
+        if !valid_name(name) {
+            return Err(MetaError::NotFound);
+        }
+        let prefix = self.dir_prefix(parent)?;
+        {
+            let tables = self.tables.lock().unwrap();
+            if let Some(listing) = tables.listings.get(&parent).filter(|l| self.fresh(l.learned)) {
+                return listing
+                    .entries
+                    .iter()
+                    .find(|e| e.name == name)
+                    .map(|e| tables.nodes.get(&e.node.ino).cloned().unwrap_or_else(|| e.node.clone()))
+                    .ok_or(MetaError::NotFound);
+            }
+            if tables.negative.get(&(parent, name.to_string())).is_some_and(|t| self.fresh(*t)) {
+                return Err(MetaError::NotFound);
+            }
+            let key = format!("{prefix}{name}");
+            for is_dir in [true, false] {
+                let path = if is_dir { format!("{key}/") } else { key.clone() };
+                if let Some(node) = tables.by_path.get(&(is_dir, path)).and_then(|i| tables.nodes.get(i)) {
+                    if self.fresh(node.learned) {
+                        return Ok(node.clone());
+                    }
+                }
+            }
+        }
+        let key = format!("{prefix}{name}");
+        let dir_prefix = format!("{key}/");
+        let (head, list) = tokio::join!(self.client.head(&key), self.client.list(&dir_prefix, None, Some(1)));
+        let list = list.map_err(MetaError::S3)?;
+        let mut tables = self.tables.lock().unwrap();
+        if !list.objects.is_empty() || !list.prefixes.is_empty() {
+            return Ok(Self::intern(&mut tables, NodeKind::Dir { prefix: dir_prefix }));
+        }
+        match head {
+            Ok(info) => Ok(Self::intern(&mut tables, NodeKind::File { info })),
+            Err(ObjectError::NotFound(_)) => {
+                tables.negative.insert((parent, name.to_string()), Instant::now());
+                Err(MetaError::NotFound)
+            }
+            Err(e) => Err(MetaError::S3(e)),
+        }
+    }
+
+    /// The entries of directory `ino`, from a fresh listing or a new paginated LIST.
+    pub async fn readdir(&self, ino: u64) -> Result<Arc<Vec<DirEntry>>, MetaError> {
+        let prefix = self.dir_prefix(ino)?;
+        if let Some(l) = self.tables.lock().unwrap().listings.get(&ino).filter(|l| self.fresh(l.learned)) {
+            return Ok(l.entries.clone());
+        }
+        let mut dirs = BTreeMap::new();
+        let mut files = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self.client.list(&prefix, token, None).await.map_err(MetaError::S3)?;
+            for p in page.prefixes {
+                let name = p[prefix.len()..].trim_end_matches('/').to_string();
+                if valid_name(&name) {
+                    dirs.insert(name, p);
+                } else {
+                    tracing::warn!("skipping prefix {p:?}: {name:?} cannot be a directory name");
+                }
+            }
+            for o in page.objects {
+                let name = o.key[prefix.len()..].to_string();
+                if name.is_empty() {
+                    continue; // the directory marker object of this directory
+                }
+                if valid_name(&name) {
+                    files.insert(name, o);
+                } else {
+                    tracing::warn!("skipping key {:?}: {name:?} cannot be a file name", o.key);
+                }
+            }
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut tables = self.tables.lock().unwrap();
+        let mut entries = Vec::with_capacity(dirs.len() + files.len());
+        for (name, p) in dirs {
+            if files.remove(&name).is_some() {
+                tracing::warn!("s3 key {prefix}{name} is both an object and a prefix; showing the directory");
+            }
+            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::Dir { prefix: p }) });
+        }
+        for (name, info) in files {
+            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::File { info }) });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = Arc::new(entries);
+        tables.listings.insert(ino, Listing { entries: entries.clone(), learned: Instant::now() });
+        tables.negative.retain(|(p, _), _| *p != ino);
+        Ok(entries)
+    }
+
+    /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
+    /// (so an overwrite in S3 is picked up at the next open).
+    pub async fn open_file(&self, ino: u64) -> Result<ObjectInfo, MetaError> {
+        let node = self.node(ino)?;
+        let NodeKind::File { info } = node.kind else { return Err(MetaError::NotFound) };
+        if self.fresh(node.learned) {
+            return Ok(info);
+        }
+        let fresh = match self.client.head(&info.key).await {
+            Ok(fresh) => fresh,
+            Err(ObjectError::NotFound(_)) => return Err(MetaError::NotFound),
+            Err(e) => return Err(MetaError::S3(e)),
+        };
+        Self::intern(&mut self.tables.lock().unwrap(), NodeKind::File { info: fresh.clone() });
+        Ok(fresh)
+    }
+
+    /// Marks a file's facts as stale, so the next open asks S3 again (after an If-Match failure).
+    pub fn invalidate(&self, ino: u64) {
+        if let Some(node) = self.tables.lock().unwrap().nodes.get_mut(&ino) {
+            let age = self.ttl.unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+            node.learned = Instant::now().checked_sub(age).unwrap_or(node.learned);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Every counter hoardfs keeps, in one place, with its Prometheus name.
+//!
+//! Counters are plain atomics so the hot path pays one relaxed add. They are read by tests (to
+//! prove "zero GETs after remount"), by the `--metrics-addr` endpoint, and by `hoardfs cache stat`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+macro_rules! metrics {
+    ($($field:ident => $name:literal, $help:literal;)*) => {
+        /// The live counters of one mount (or one `cache warm` run).
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Name, help text and current value of every counter, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$(($name, $help, self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+metrics! {
+    s3_get_requests => "hoardfs_s3_get_requests_total", "GetObject requests sent (data fetches).";
+    s3_get_bytes => "hoardfs_s3_get_bytes_total", "Bytes received in GetObject bodies.";
+    s3_head_requests => "hoardfs_s3_head_requests_total", "HeadObject requests sent.";
+    s3_list_requests => "hoardfs_s3_list_requests_total", "ListObjectsV2 requests sent.";
+    s3_errors => "hoardfs_s3_errors_total", "S3 requests that failed.";
+    cache_hit_blocks => "hoardfs_cache_hit_blocks_total", "Block reads served from the local cache.";
+    cache_miss_blocks => "hoardfs_cache_miss_blocks_total", "Block reads that had to be fetched from S3.";
+    cache_bytes_read => "hoardfs_cache_read_bytes_total", "Bytes returned to readers from the local cache.";
+    s3_bytes_served => "hoardfs_s3_served_bytes_total", "Bytes returned to readers straight from a fetch.";
+    blocks_written => "hoardfs_cache_blocks_written_total", "Blocks written into the cache.";
+    blake3_mismatches => "hoardfs_cache_blake3_mismatches_total", "Cached blocks whose blake3 did not match; refetched.";
+    cache_read_errors => "hoardfs_cache_read_errors_total", "Cache reads that failed with an I/O error; served from S3 instead.";
+    cache_write_errors => "hoardfs_cache_write_errors_total", "Cache writes that failed (disk full, I/O error); the cache stopped growing.";
+    evicted_objects => "hoardfs_cache_evicted_objects_total", "Object versions evicted to stay under --max-cache-size.";
+    evicted_bytes => "hoardfs_cache_evicted_bytes_total", "Bytes evicted to stay under --max-cache-size.";
+    prefetch_blocks => "hoardfs_prefetch_blocks_total", "Blocks fetched ahead of a sequential reader.";
+    passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
+}
+
+impl Metrics {
+    /// Adds `n` to a counter; a helper so call sites read as one line.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format (version 0.0.4).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in self.snapshot() {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+        }
+        out
+    }
+
+    /// Parses text produced by [`Metrics::render_prometheus`] back into (name, value) pairs;
+    /// used by `hoardfs cache stat` to show a running mount's counters.
+    pub fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a plain thread: the endpoint is for a scraper once every
+/// few seconds, so it needs no async runtime and cannot slow the data path.
+pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("hoardfs-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&stream);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Drain headers so the client sees a clean close.
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                    line.clear();
+                }
+                let (status, body) = if request_line.starts_with("GET /metrics") {
+                    ("200 OK", metrics.render_prometheus())
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(bound)
+}

@@ -1,0 +1,278 @@
+//! Putting a mount together: checks that fail early with a clear message, then the parts wired
+//! up and handed to the kernel. The CLI and the end-to-end tests both mount through here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, MountOption, SessionACL};
+
+use crate::cache::{BlockCache, CacheConfig, CacheDir, CacheDirError};
+use crate::fetch::Fetcher;
+use crate::fs::{HoardFs, PrefetchConfig};
+use crate::fuse::FuseAdapter;
+use crate::io::EngineChoice;
+use crate::meta::Meta;
+use crate::metrics::Metrics;
+use crate::object::counting::CountingClient;
+use crate::object::s3::{S3Client, S3Config};
+use crate::object::{ObjectClient, ObjectError};
+
+/// Kernel attribute/entry cache time used with `--metadata-ttl indefinite`.
+const INDEFINITE_KERNEL_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Everything a mount needs; the CLI fills it from flags, tests build it directly.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// S3 connection.
+    pub s3: S3Config,
+    /// Key prefix shown as the mount's root ("" or ending in `/`).
+    pub prefix: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Cache behaviour.
+    pub cache: CacheConfig,
+    /// Metadata TTL; `None` for indefinite. Default: 60 s.
+    pub metadata_ttl: Option<Duration>,
+    /// Let other users read the mount (FUSE `allow_other`).
+    pub allow_other: bool,
+    /// Cache I/O engine.
+    pub io_engine: EngineChoice,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Concurrent GETs at most.
+    pub max_concurrent_gets: usize,
+    /// Read-ahead for sequential readers.
+    pub prefetch: PrefetchConfig,
+    /// FUSE request threads.
+    pub fuse_threads: usize,
+}
+
+impl MountConfig {
+    /// Defaults for everything but the four things only the user knows.
+    pub fn new(s3: S3Config, prefix: &str, mountpoint: &Path, cache_dir: &Path) -> Self {
+        Self {
+            s3,
+            prefix: normalize_prefix(prefix),
+            mountpoint: mountpoint.to_path_buf(),
+            cache_dir: cache_dir.to_path_buf(),
+            cache: CacheConfig::default(),
+            metadata_ttl: Some(Duration::from_secs(60)),
+            allow_other: false,
+            io_engine: EngineChoice::Auto,
+            metrics_addr: None,
+            max_concurrent_gets: crate::fetch::DEFAULT_MAX_CONCURRENT_GETS,
+            prefetch: PrefetchConfig::default(),
+            fuse_threads: 2,
+        }
+    }
+}
+
+/// `a/b` and `a/b/` both mean the prefix `a/b/`; "" and "/" mean the whole bucket.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() { String::new() } else { format!("{p}/") }
+}
+
+/// Why a mount could not start; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Mount point problems.
+    #[error("mount point {path}: {problem}")]
+    MountPoint {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// Cache directory problems.
+    #[error(transparent)]
+    CacheDir(#[from] CacheDirError),
+    /// The bucket does not exist.
+    #[error("bucket {bucket:?} does not exist at this endpoint ({detail}); check the s3:// URI, --endpoint-url and --region")]
+    NoSuchBucket {
+        /// Bucket.
+        bucket: String,
+        /// Server's words.
+        detail: String,
+    },
+    /// Credentials refused.
+    #[error("S3 refused the credentials ({0}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role")]
+    AccessDenied(String),
+    /// Endpoint unreachable or failing.
+    #[error("cannot reach S3 ({0}); check --endpoint-url and the network")]
+    Unreachable(String),
+    /// Local I/O or FUSE failure.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct MountHandle {
+    session: Option<BackgroundSession>,
+    fs: Arc<HoardFs>,
+    /// Live counters.
+    pub metrics: Arc<Metrics>,
+    /// Where `/metrics` is served, if asked.
+    pub metrics_addr: Option<SocketAddr>,
+    mountpoint: PathBuf,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    let err = |problem: &str| MountError::MountPoint { path: path.to_path_buf(), problem: problem.to_string() };
+    let meta = std::fs::metadata(path).map_err(|_| err("does not exist; create it with mkdir -p"))?;
+    if !meta.is_dir() {
+        return Err(err("is not a directory"));
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|e| err(&format!("cannot be read ({e})")))?;
+    if entries.next().is_some() {
+        return Err(err("is not empty; mount on an empty directory (hoardfs would hide its contents)"));
+    }
+    Ok(())
+}
+
+/// Mounts with the real S3 client.
+pub fn mount(config: MountConfig) -> Result<MountHandle, MountError> {
+    let runtime = build_runtime()?;
+    let client = runtime.block_on(S3Client::new(&config.s3));
+    mount_with_client(config, Arc::new(client), runtime)
+}
+
+/// The multi-threaded runtime a mount runs its async work on.
+pub fn build_runtime() -> Result<tokio::runtime::Runtime, MountError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("hoardfs-worker")
+        .enable_all()
+        .build()
+        .map_err(|source| MountError::Io { what: "starting the async runtime".into(), source })
+}
+
+/// Mounts with any client (tests use fault-injecting ones). Counting is added here, so the
+/// metrics see exactly what the client was asked.
+pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, runtime: tokio::runtime::Runtime) -> Result<MountHandle, MountError> {
+    check_mountpoint(&config.mountpoint)?;
+    let metrics = Arc::new(Metrics::default());
+    let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(client, metrics.clone()));
+    let dir = CacheDir::open_exclusive(&config.cache_dir)?;
+
+    runtime.block_on(client.list(&config.prefix, None, Some(1))).map_err(|e| match e {
+        ObjectError::NotFound(d) => MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d },
+        ObjectError::AccessDenied(d) => MountError::AccessDenied(d),
+        other => MountError::Unreachable(other.to_string()),
+    })?;
+
+    let io = crate::io::probe(config.io_engine)
+        .map_err(|source| MountError::Io { what: "starting io_uring (try --io-engine psync)".into(), source })?;
+    tracing::info!("cache I/O engine: {}", io.name());
+    let cache = Arc::new(
+        BlockCache::open(dir, io, metrics.clone(), config.cache.clone())
+            .map_err(|source| MountError::Io { what: format!("reading cache dir {}", config.cache_dir.display()), source })?,
+    );
+    tracing::info!("cache holds {} object versions, {} bytes", cache.entry_count(), cache.total_bytes());
+    let fetcher = {
+        let _guard = runtime.enter();
+        Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.max_concurrent_gets)
+    };
+    let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl);
+    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, metrics.clone(), config.s3.bucket.clone(), config.prefetch));
+
+    let metrics_addr = match config.metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::serve(metrics.clone(), addr)
+                .map_err(|source| MountError::Io { what: format!("serving metrics on {addr}"), source })?,
+        ),
+        None => None,
+    };
+
+    let kernel_ttl = config.metadata_ttl.unwrap_or(INDEFINITE_KERNEL_TTL);
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl);
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(format!("hoardfs:{}", config.s3.bucket)),
+        MountOption::Subtype("hoardfs".into()),
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    if config.allow_other {
+        fuse_config.acl = SessionACL::All;
+    }
+    fuse_config.n_threads = Some(config.fuse_threads.max(1));
+    fuse_config.clone_fd = config.fuse_threads > 1;
+    let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config).map_err(|source| MountError::Io {
+        what: format!("mounting FUSE at {} (is /dev/fuse present and are you root?)", config.mountpoint.display()),
+        source,
+    })?;
+    tracing::info!("mounted s3://{}/{} at {}", config.s3.bucket, config.prefix, config.mountpoint.display());
+    Ok(MountHandle { session: Some(session), fs, metrics, metrics_addr, mountpoint: config.mountpoint, runtime: Some(runtime) })
+}
+
+impl MountHandle {
+    /// The mount point.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Whether the kernel still has the mount (false after `fusermount3 -u`).
+    pub fn is_mounted(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
+    }
+
+    /// Blocks until SIGINT/SIGTERM or an external unmount, then unmounts.
+    pub fn run_until_signal(mut self) -> std::io::Result<()> {
+        let runtime = self.runtime.take().expect("runtime present until drop");
+        let session_done = || self.session.as_ref().is_none_or(|s| s.guard.is_finished());
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => if session_done() { break },
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })?;
+        self.runtime = Some(runtime);
+        self.unmount()
+    }
+
+    /// Unmounts and waits for the FUSE threads to finish.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        let result = match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        };
+        self.fs.shutdown();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        tracing::info!("unmounted {}", self.mountpoint.display());
+        result
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}

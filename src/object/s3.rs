@@ -1,0 +1,218 @@
+//! The production [`ObjectClient`], on `aws-sdk-s3`.
+
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::primitives::DateTime;
+use bytes::Bytes;
+
+use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
+
+/// Where and how to reach S3; every field maps to one `hoardfs mount` flag.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Custom endpoint (MinIO, moto, a VPC endpoint); `None` for AWS.
+    pub endpoint_url: Option<String>,
+    /// Region; `None` asks the standard AWS chain.
+    pub region: Option<String>,
+    /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
+    pub force_path_style: bool,
+}
+
+/// `ObjectClient` backed by the AWS SDK, with its standard credential chain and retries.
+pub struct S3Client {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Client {
+    /// Builds the SDK client. With a custom endpoint and no region anywhere, `us-east-1` is used
+    /// rather than asking EC2 instance metadata, which a local server does not need.
+    pub async fn new(config: &S3Config) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        } else if config.endpoint_url.is_some() && std::env::var_os("AWS_REGION").is_none() {
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        loader = loader.timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
+        let shared = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            .build();
+        Self {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+        }
+    }
+
+    /// The SDK client, for callers (tests, `cache warm`) that need an operation not in the trait.
+    pub fn sdk(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+}
+
+fn to_system_time(t: Option<&DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Sorts an SDK error into the variants callers act on. HeadObject errors carry no body, so the
+/// HTTP status decides when there is no error code.
+fn classify<E>(what: &str, err: SdkError<E, HttpResponse>) -> ObjectError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = match &err {
+        SdkError::ServiceError(e) => Some(e.raw().status().as_u16()),
+        _ => None,
+    };
+    let code = err.code().map(str::to_owned);
+    let detail = format!(
+        "{what}: {}",
+        err.message()
+            .map(str::to_owned)
+            .or(code.clone())
+            .unwrap_or_else(|| format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)))
+    );
+    match (code.as_deref(), status) {
+        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, Some(404)) => {
+            ObjectError::NotFound(detail)
+        }
+        (Some("PreconditionFailed"), _) | (_, Some(412)) => ObjectError::PreconditionFailed(detail),
+        (
+            Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"),
+            _,
+        )
+        | (_, Some(403)) => ObjectError::AccessDenied(detail),
+        _ => ObjectError::Other(detail),
+    }
+}
+
+impl ObjectClient for S3Client {
+    fn head(&self, key: &str) -> BoxFuture<'_, Result<ObjectInfo, ObjectError>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let out = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| classify(&format!("HeadObject s3://{}/{key}", self.bucket), e))?;
+            Ok(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+                last_modified: to_system_time(out.last_modified()),
+                key,
+            })
+        })
+    }
+
+    fn get_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+    ) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
+        let key = key.to_string();
+        let etag = etag.to_string();
+        Box::pin(async move {
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let what = || format!("GetObject s3://{}/{key} bytes {}-{}", self.bucket, range.start, range.end - 1);
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .if_match(&etag)
+                .range(format!("bytes={}-{}", range.start, range.end - 1))
+                .send()
+                .await
+                .map_err(|e| classify(&what(), e))?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| ObjectError::Other(format!("{}: body: {e}", what())))?
+                .into_bytes();
+            check_body_len(&range, &body)?;
+            Ok(body)
+        })
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .delimiter("/")
+                .set_continuation_token(token)
+                .set_max_keys(max_keys)
+                .send()
+                .await
+                .map_err(|e| classify(&format!("ListObjectsV2 s3://{}/{prefix}", self.bucket), e))?;
+            let objects = out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ObjectInfo {
+                        key: o.key()?.to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().unwrap_or_default().to_string(),
+                        last_modified: to_system_time(o.last_modified()),
+                    })
+                })
+                .collect();
+            let prefixes = out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_owned))
+                .collect();
+            let next_token = if out.is_truncated().unwrap_or(false) {
+                out.next_continuation_token().map(str::to_owned)
+            } else {
+                None
+            };
+            Ok(ListPage {
+                objects,
+                prefixes,
+                next_token,
+            })
+        })
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+/// How long one S3 attempt may take before it is abandoned and retried: a stalled GET must not
+/// hang a training step. Default: 30 s.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connect may take. Default: 5 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
