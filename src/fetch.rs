@@ -66,9 +66,9 @@ impl Fetcher {
         })
     }
 
-    /// The whole of block `b`, fetched from S3 (or joined to a fetch already under way) and
-    /// stored in the cache.
-    pub async fn fetch(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) -> Result<Bytes, FetchError> {
+    /// The whole of block `b`: read from disk and verified if present, else fetched from S3 and
+    /// stored. Concurrent callers for one block share one load.
+    pub async fn load(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) -> Result<Bytes, FetchError> {
         let (tx, rx) = oneshot::channel();
         self.start(obj, b, Some(tx));
         rx.await.unwrap_or_else(|_| Err(FetchError::Failed("fetch task ended without an answer".into())))
@@ -100,6 +100,13 @@ impl Fetcher {
 
     async fn run(self: Arc<Self>, obj: Arc<CachedObject>, b: u64) {
         let key = (obj.id, b);
+        if let Some(bytes) = self.cache.read_verified(&obj, b).await {
+            let waiters = self.inflight.lock().unwrap().remove(&key).unwrap_or_default();
+            for w in waiters {
+                let _ = w.send(Ok(bytes.clone()));
+            }
+            return;
+        }
         let result = self.get_block(&obj, b).await;
         // Answer everyone waiting now, then write; readers who arrive during the write join the
         // entry (still present) and are answered after it.

@@ -15,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
 use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
-use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 
 /// An error with the errno the kernel should see.
@@ -104,7 +103,6 @@ pub struct HoardFs {
     meta: Meta,
     cache: Arc<BlockCache>,
     fetcher: Arc<Fetcher>,
-    metrics: Arc<Metrics>,
     bucket: String,
     prefetch: PrefetchConfig,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -113,8 +111,8 @@ pub struct HoardFs {
 
 impl HoardFs {
     /// Assembles the file system from its parts.
-    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, metrics: Arc<Metrics>, bucket: String, prefetch: PrefetchConfig) -> Self {
-        Self { meta, cache, fetcher, metrics, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
+    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, bucket: String, prefetch: PrefetchConfig) -> Self {
+        Self { meta, cache, fetcher, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     /// Resolves `name` in `parent`.
@@ -196,13 +194,9 @@ impl HoardFs {
             let block_start = b * bs;
             let within = (range.start.max(block_start) - block_start) as usize
                 ..(range.end.min(block_start + bs) - block_start) as usize;
-            let bytes = match self.cache.read_block(obj, b, within.clone()).await {
+            let bytes = match self.cache.read_checked(obj, b, within.clone()).await {
                 Some(bytes) => bytes,
-                None => {
-                    let block = self.fetcher.fetch(obj, b).await?;
-                    Metrics::add(&self.metrics.s3_bytes_served, within.len() as u64);
-                    block.slice(within)
-                }
+                None => self.fetcher.load(obj, b).await?.slice(within),
             };
             parts.push(bytes);
         }

@@ -33,8 +33,7 @@ metrics! {
     s3_errors => "hoardfs_s3_errors_total", "S3 requests that failed.";
     cache_hit_blocks => "hoardfs_cache_hit_blocks_total", "Block reads served from the local cache.";
     cache_miss_blocks => "hoardfs_cache_miss_blocks_total", "Block reads that had to be fetched from S3.";
-    cache_bytes_read => "hoardfs_cache_read_bytes_total", "Bytes returned to readers from the local cache.";
-    s3_bytes_served => "hoardfs_s3_served_bytes_total", "Bytes returned to readers straight from a fetch.";
+    cache_bytes_read => "hoardfs_cache_read_bytes_total", "Bytes read from the local cache (whole blocks when first verified).";
     blocks_written => "hoardfs_cache_blocks_written_total", "Blocks written into the cache.";
     blake3_mismatches => "hoardfs_cache_blake3_mismatches_total", "Cached blocks whose blake3 did not match; refetched.";
     cache_read_errors => "hoardfs_cache_read_errors_total", "Cache reads that failed with an I/O error; served from S3 instead.";

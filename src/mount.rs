@@ -183,7 +183,7 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.max_concurrent_gets)
     };
     let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl);
-    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, metrics.clone(), config.s3.bucket.clone(), config.prefetch));
+    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, config.s3.bucket.clone(), config.prefetch));
 
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(

@@ -305,52 +305,65 @@ impl BlockCache {
         Ok(obj)
     }
 
-    /// Reads `range` of block `b` from disk, or `None` on a miss. The first read of a block in
-    /// a mount (or every read with `verify_every_read`) reads the whole block and checks its
-    /// blake3; a mismatch clears the block and reports a miss so the bytes are refetched.
-    pub async fn read_block(&self, obj: &CachedObject, b: u64, range: Range<usize>) -> Option<Bytes> {
-        if !obj.is_present(b) {
-            Metrics::add(&self.metrics.cache_miss_blocks, 1);
+    /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in
+    /// this mount (and `verify_every_read` is off). Anything else is `None`, and the caller goes
+    /// through the fetcher's single-flight [`crate::fetch::Fetcher::load`], which verifies or
+    /// fetches the block exactly once however many readers want it.
+    pub async fn read_checked(&self, obj: &CachedObject, b: u64, range: Range<usize>) -> Option<Bytes> {
+        if self.config.verify_every_read || !obj.was_checked(b) || !obj.is_present(b) {
             return None;
         }
-        let block_off = b * obj.header.block_size as u64;
-        let verify = self.config.verify_every_read || !obj.was_checked(b);
-        let result = if verify {
-            let len = obj.header.block_len(b);
-            match self.io.read_at(&obj.data, block_off, len).await {
-                Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
-                    obj.set_checked(b, true);
-                    Ok(block.slice(range.clone()))
-                }
-                Ok(_) => {
-                    Metrics::add(&self.metrics.blake3_mismatches, 1);
-                    tracing::warn!(
-                        "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
-                        obj.header.bucket, obj.header.key
-                    );
-                    obj.index.lock().unwrap().clear(b);
-                    obj.set_checked(b, false);
-                    Metrics::add(&self.metrics.cache_miss_blocks, 1);
-                    return None;
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            self.io.read_at(&obj.data, block_off + range.start as u64, range.len()).await
-        };
-        match result {
+        let offset = b * obj.header.block_size as u64 + range.start as u64;
+        match self.io.read_at(&obj.data, offset, range.len()).await {
             Ok(bytes) => {
                 Metrics::add(&self.metrics.cache_hit_blocks, 1);
                 Metrics::add(&self.metrics.cache_bytes_read, bytes.len() as u64);
                 Some(bytes)
             }
             Err(e) => {
-                Metrics::add(&self.metrics.cache_read_errors, 1);
-                Metrics::add(&self.metrics.cache_miss_blocks, 1);
-                tracing::warn!("reading cache file {}: {e}; serving from S3", obj.data_path.display());
+                self.read_failed(obj, e);
                 None
             }
         }
+    }
+
+    /// Reads the whole of block `b` from disk and checks its blake3. A mismatch clears the block
+    /// (it is never served) and reports a miss; so does an I/O error.
+    pub async fn read_verified(&self, obj: &CachedObject, b: u64) -> Option<Bytes> {
+        if !obj.is_present(b) {
+            Metrics::add(&self.metrics.cache_miss_blocks, 1);
+            return None;
+        }
+        let offset = b * obj.header.block_size as u64;
+        match self.io.read_at(&obj.data, offset, obj.header.block_len(b)).await {
+            Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
+                obj.set_checked(b, true);
+                Metrics::add(&self.metrics.cache_hit_blocks, 1);
+                Metrics::add(&self.metrics.cache_bytes_read, block.len() as u64);
+                Some(block)
+            }
+            Ok(_) => {
+                Metrics::add(&self.metrics.blake3_mismatches, 1);
+                Metrics::add(&self.metrics.cache_miss_blocks, 1);
+                tracing::warn!(
+                    "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
+                    obj.header.bucket, obj.header.key
+                );
+                obj.index.lock().unwrap().clear(b);
+                obj.set_checked(b, false);
+                None
+            }
+            Err(e) => {
+                self.read_failed(obj, e);
+                None
+            }
+        }
+    }
+
+    fn read_failed(&self, obj: &CachedObject, e: std::io::Error) {
+        Metrics::add(&self.metrics.cache_read_errors, 1);
+        Metrics::add(&self.metrics.cache_miss_blocks, 1);
+        tracing::warn!("reading cache file {}: {e}; serving from S3", obj.data_path.display());
     }
 
     /// Stores block `b` (already fetched and checked by the caller). Space is reserved first,

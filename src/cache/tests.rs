@@ -1,0 +1,213 @@
+//! Unit tests of the cache, fetcher and file-system logic over the in-memory client: no FUSE,
+//! no network, exact request counts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::fetch::Fetcher;
+use crate::fs::{HoardFs, PrefetchConfig};
+use crate::io::{probe, EngineChoice};
+use crate::meta::{Meta, ROOT_INO};
+use crate::object::counting::CountingClient;
+use crate::object::memory::MemoryClient;
+use crate::object::ObjectClient;
+
+struct Rig {
+    fs: HoardFs,
+    metrics: Arc<Metrics>,
+    cache: Arc<BlockCache>,
+}
+
+fn rig(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config: CacheConfig) -> Rig {
+    let metrics = Arc::new(Metrics::default());
+    let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem, metrics.clone()));
+    let cache = Arc::new(
+        BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(engine).unwrap(), metrics.clone(), config).unwrap(),
+    );
+    let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), 4);
+    let meta = Meta::new(client, "", None);
+    let fs = HoardFs::new(meta, cache.clone(), fetcher, "b".into(), PrefetchConfig::default());
+    Rig { fs, metrics, cache }
+}
+
+fn small_blocks() -> CacheConfig {
+    CacheConfig { block_size: 4096, ..CacheConfig::default() }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+async fn read_all(fs: &HoardFs, name: &str) -> Vec<u8> {
+    let attr = fs.lookup(ROOT_INO, name).await.unwrap();
+    let fh = fs.open(attr.ino, false).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 5000).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh);
+    out
+}
+
+async fn persist_and_corrupt(engine: EngineChoice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let body = pattern(4096 * 5 + 100, 3);
+    mem.put("obj", body.clone());
+    {
+        let r = rig(dir.path(), mem.clone(), engine, small_blocks());
+        assert_eq!(read_all(&r.fs, "obj").await, body);
+        assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 6);
+    }
+    // Remount: every block from disk.
+    {
+        let r = rig(dir.path(), mem.clone(), engine, small_blocks());
+        assert_eq!(read_all(&r.fs, "obj").await, body);
+        assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
+    }
+    // Corrupt block 2 on disk: refetched, never served.
+    let data = std::fs::read_dir(dir.path().join(store::OBJECTS))
+        .unwrap()
+        .flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().unwrap() == "data")
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[4096 * 2 + 10] ^= 0x55;
+    std::fs::write(&data, bytes).unwrap();
+    let r = rig(dir.path(), mem.clone(), engine, small_blocks());
+    assert_eq!(read_all(&r.fs, "obj").await, body);
+    assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
+    assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn persist_and_corrupt_psync() {
+    persist_and_corrupt(EngineChoice::Psync).await;
+}
+
+#[tokio::test]
+async fn persist_and_corrupt_uring() {
+    persist_and_corrupt(EngineChoice::Uring).await;
+}
+
+#[tokio::test]
+async fn concurrent_readers_of_one_block_cause_one_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    mem.put("obj", pattern(4096, 1));
+    let r = Arc::new(rig(dir.path(), mem, EngineChoice::Psync, small_blocks()));
+    let ino = r.fs.lookup(ROOT_INO, "obj").await.unwrap().ino;
+    let fh = r.fs.open(ino, false).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move { r.fs.read(fh, i * 100, 100).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().len(), 100);
+    }
+    assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn eviction_keeps_the_cache_under_its_limit_and_spares_open_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    for i in 0..12 {
+        mem.put(&format!("o{i:02}"), pattern(4096 * 4, i));
+    }
+    // Room for about three objects (4 data blocks + one index unit each).
+    let limit = 3 * 5 * 4096;
+    let config = CacheConfig { max_size: Some(limit), ..small_blocks() };
+    let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, config);
+    let pinned = r.fs.open(r.fs.lookup(ROOT_INO, "o00").await.unwrap().ino, false).await.unwrap();
+    for i in 0..12 {
+        assert_eq!(read_all(&r.fs, &format!("o{i:02}")).await, pattern(4096 * 4, i));
+        assert!(r.cache.total_bytes() <= limit + 4096, "accounted {} > limit", r.cache.total_bytes());
+        assert!(disk_usage(dir.path()) <= limit + 4096 + 64 * 1024, "on disk {}", disk_usage(dir.path()));
+    }
+    assert!(r.metrics.evicted_objects.load(Ordering::Relaxed) >= 8);
+    // The object held open since the start is still whole on disk.
+    let before = r.metrics.s3_get_requests.load(Ordering::Relaxed);
+    let got = r.fs.read(pinned, 0, 4096 * 4).await.unwrap();
+    assert_eq!(&got[..], &pattern(4096 * 4, 0)[..]);
+    assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), before);
+}
+
+/// Bytes of the object files, as allocated on disk.
+fn disk_usage(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for shard in std::fs::read_dir(root.join(store::OBJECTS)).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            total += f.metadata().unwrap().blocks() * 512;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn recovery_removes_crash_leftovers_and_keeps_good_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    mem.put("obj", pattern(9000, 9));
+    {
+        let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
+        read_all(&r.fs, "obj").await;
+    }
+    let shard = dir.path().join(store::OBJECTS).join("ab");
+    std::fs::create_dir_all(&shard).unwrap();
+    let orphan = shard.join(format!("{}.data", "ab".repeat(32)));
+    let torn = shard.join(format!("{}.idx.tmp", "ab".repeat(32)));
+    std::fs::write(&orphan, b"orphan").unwrap();
+    std::fs::write(&torn, b"torn").unwrap();
+    let r = rig(dir.path(), mem, EngineChoice::Psync, small_blocks());
+    assert!(!orphan.exists() && !torn.exists());
+    assert_eq!(r.cache.entry_count(), 1);
+    assert_eq!(read_all(&r.fs, "obj").await, pattern(9000, 9));
+    assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn committed_cache_dir_fixture_serves_its_object() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/cache-dir");
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture, dir.path());
+    let content: Vec<u8> = (0..5000).map(|i| ((i * 7) % 256) as u8).collect();
+    let mem = Arc::new(MemoryClient::new("demo"));
+    let metrics = Arc::new(Metrics::default());
+    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), small_blocks()).unwrap();
+    let info = crate::object::ObjectInfo {
+        key: "hello/world.bin".into(),
+        size: 5000,
+        etag: "\"0123456789abcdef0123456789abcdef\"".into(),
+        last_modified: SystemTime::UNIX_EPOCH,
+    };
+    let obj = cache.open_object("demo", &info).unwrap();
+    assert!(obj.is_complete());
+    assert_eq!(cache.verify_state(&obj), VerifyState::Unverifiable);
+    let b0 = cache.read_verified(&obj, 0).await.unwrap();
+    let b1 = cache.read_verified(&obj, 1).await.unwrap();
+    assert_eq!([&b0[..], &b1[..]].concat(), content);
+    assert_eq!(metrics.blake3_mismatches.load(Ordering::Relaxed), 0);
+    drop(mem);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
