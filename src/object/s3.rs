@@ -83,11 +83,11 @@ where
     let code = err.code().map(str::to_owned);
     let detail = format!(
         "{what}: {}",
-        err.message()
-            .map(str::to_owned)
-            .or(code.clone())
-            .unwrap_or_else(|| format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)))
+        err.message().map(str::to_owned).or(code.clone()).unwrap_or_else(|| source_chain(&err))
     );
+    if matches!(err, SdkError::DispatchFailure(_)) && detail.contains("no credentials found") {
+        return ObjectError::AccessDenied(format!("{what}: no AWS credentials found"));
+    }
     match (code.as_deref(), status) {
         (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, Some(404)) => {
             ObjectError::NotFound(detail)
@@ -100,6 +100,21 @@ where
         | (_, Some(403)) => ObjectError::AccessDenied(detail),
         _ => ObjectError::Other(detail),
     }
+}
+
+/// The Display of an error and each of its sources, deduplicated: the SDK nests the useful part
+/// ("Connection refused") several levels down, and its Debug output is unreadable to a user.
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 impl ObjectClient for S3Client {
@@ -150,7 +165,7 @@ impl ObjectClient for S3Client {
                 .body
                 .collect()
                 .await
-                .map_err(|e| ObjectError::Other(format!("{}: body: {e}", what())))?
+                .map_err(|e| ObjectError::Other(format!("{}: body: {}", what(), source_chain(&e))))?
                 .into_bytes();
             check_body_len(&range, &body)?;
             Ok(body)

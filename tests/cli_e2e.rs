@@ -1,0 +1,156 @@
+//! The `hoardfs` binary as a user runs it: background daemon, foreground with Ctrl-C, and clear
+//! errors for bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn hoardfs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hoardfs"))
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Unmounts (lazily, so a wedged mount cannot block) whatever a failed test left behind.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0).status();
+        }
+    }
+}
+
+fn mount_args(server: &S3Server, bucket: &str, mp: &Path, cache: &Path) -> Vec<String> {
+    vec![
+        "mount".into(),
+        format!("s3://{bucket}"),
+        mp.display().to_string(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+        "--endpoint-url".into(),
+        server.endpoint(),
+        "--force-path-style".into(),
+    ]
+}
+
+#[test]
+fn background_mount_returns_when_ready_and_fusermount_stops_it() {
+    require_fuse();
+    let server = S3Server::start();
+    server.bucket("daemon", &[("hello.txt", b"hello daemon")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = Unmount(mp.clone());
+
+    // output() waits for stdout/stderr to close: it returns only if the daemon detached.
+    let out = hoardfs().args(mount_args(&server, "daemon", &mp, &cache)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(is_mounted(&mp), "mounted when the command returns");
+    assert_eq!(std::fs::read(mp.join("hello.txt")).unwrap(), b"hello daemon");
+
+    let pid: i32 = std::fs::read_to_string(cache.join("lock")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("fusermount3").arg("-u").arg(&mp).status().unwrap().success());
+    wait_until("the daemon to exit", Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!is_mounted(&mp));
+}
+
+#[test]
+fn foreground_mount_unmounts_cleanly_on_ctrl_c() {
+    require_fuse();
+    let server = S3Server::start();
+    server.bucket("foreground", &[("a.bin", &bytes(1, 3 << 20))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = Unmount(mp.clone());
+
+    let mut child = hoardfs().args(mount_args(&server, "foreground", &mp, &cache)).arg("--foreground").spawn().unwrap();
+    wait_until("the mount", Duration::from_secs(20), || is_mounted(&mp));
+    assert_same("a.bin", &std::fs::read(mp.join("a.bin")).unwrap(), &bytes(1, 3 << 20));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "hoardfs did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after Ctrl-C: {status}");
+    assert!(!is_mounted(&mp));
+    // The cache survived the exit and the lock was released.
+    assert!(hoardfs::cache::CacheDir::is_locked(&cache).is_none());
+}
+
+fn run_err(args: &[String]) -> (i32, String) {
+    let Output { status, stderr, .. } = hoardfs().args(args).output().unwrap();
+    assert!(!status.success(), "expected failure for {args:?}");
+    (status.code().unwrap_or(-1), String::from_utf8_lossy(&stderr).into_owned())
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let server = S3Server::start();
+    server.bucket("exists", &[("a", b"a")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = Unmount(mp.clone());
+    let base = mount_args(&server, "exists", &mp, &cache);
+    let with = |f: &dyn Fn(&mut Vec<String>)| {
+        let mut a = base.clone();
+        f(&mut a);
+        a
+    };
+
+    let (_, msg) = run_err(&with(&|a| a[1] = "exists".into()));
+    assert!(msg.contains("s3://BUCKET"), "{msg}");
+
+    let (_, msg) = run_err(&with(&|a| a[2] = tmp.path().join("missing").display().to_string()));
+    assert!(msg.contains("does not exist") && msg.contains("mkdir"), "{msg}");
+
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("x"), b"x").unwrap();
+    let (_, msg) = run_err(&with(&|a| a[2] = full.display().to_string()));
+    assert!(msg.contains("not empty"), "{msg}");
+
+    let (code, msg) = run_err(&with(&|a| a.extend(["--max-cache-size".into(), "lots".into()])));
+    assert_eq!(code, 2, "usage errors exit 2");
+    assert!(msg.contains("20MiB"), "{msg}");
+
+    let (_, msg) = run_err(&with(&|a| a[1] = "s3://no-such-bucket".into()));
+    assert!(msg.contains("does not exist"), "{msg}");
+
+    let (_, msg) = run_err(&with(&|a| a[7 - 1] = "http://127.0.0.1:9".into()));
+    assert!(msg.contains("cannot reach S3"), "{msg}");
+
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("thesis.tex"), b"precious").unwrap();
+    let (_, msg) = run_err(&with(&|a| a[4] = foreign.display().to_string()));
+    assert!(msg.contains("not a hoardfs cache"), "{msg}");
+    assert_eq!(std::fs::read(foreign.join("thesis.tex")).unwrap(), b"precious");
+    assert!(!is_mounted(&mp));
+}
