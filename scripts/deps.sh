@@ -16,10 +16,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# moto: the local S3-compatible server the tests and the demo run on 127.0.0.1.
-if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
-  echo "deps: pip install moto[server]"
-  python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5.2,<6'
+# moto: the local S3-compatible server the tests and the demo run on 127.0.0.1. 5.2.5 or later:
+# 5.2.1 computes multipart full-object CRC64NVME wrongly and misnames the completion XML.
+if ! python3 - <<'PY' 2>/dev/null
+import moto.server, flask
+v = tuple(int(x) for x in moto.__version__.split(".")[:3])
+raise SystemExit(0 if (5, 2, 5) <= v < (6,) else 1)
+PY
+then
+  echo "deps: pip install moto[server]==5.2.5"
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 command -v moto_server >/dev/null || {
   echo "deps: moto_server is not on PATH after installing moto; add Python's script directory to PATH" >&2

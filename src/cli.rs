@@ -15,6 +15,7 @@ use crate::io::EngineChoice;
 use crate::mount::{mount, MountConfig};
 use crate::object::s3::S3Config;
 use crate::units::{parse_size, parse_ttl, Ttl};
+use crate::verify::{VerifyMode, VerifyPolicy};
 
 /// Line the daemon writes on its stdout once the mount is up, for the launching parent.
 const READY_LINE: &str = "hoardfs: mounted";
@@ -82,9 +83,19 @@ pub struct MountArgs {
     /// or fail (uring), or plain pread/pwrite (psync).
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     pub io_engine: EngineChoice,
-    /// Re-check a cached block's blake3 on every read, not only its first read in a mount.
+    /// When cached bytes are checked against S3's own checksum (CRC32, CRC32C, CRC64NVME, SHA1,
+    /// SHA256, or the MD5 ETag): strict serves a byte only after its part or object matched;
+    /// best-effort serves bytes as they arrive and verifies each part or object once complete.
+    #[arg(long, value_enum, default_value_t = VerifyMode::Strict)]
+    pub verify: VerifyMode,
+    /// Refuse (EIO) objects for which S3 offers no checksum at all, instead of serving them
+    /// marked unverified.
     #[arg(long)]
-    pub verify_every_read: bool,
+    pub require_checksum: bool,
+    /// When a cached block's blake3 is re-checked as it is read from disk: the first time in
+    /// each mount, or on every read.
+    #[arg(long, value_enum, default_value_t = VerifyReads::First)]
+    pub verify_reads: VerifyReads,
     /// Serve Prometheus metrics on this address, such as 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -100,6 +111,15 @@ pub struct MountArgs {
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// `--verify-reads` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyReads {
+    /// The first read of each block in a mount.
+    First,
+    /// Every read.
+    Always,
 }
 
 /// Splits `s3://bucket/prefix` into bucket and prefix.
@@ -128,7 +148,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     }
     let s3 = S3Config { bucket, endpoint_url: args.endpoint_url.clone(), region: args.region.clone(), force_path_style: args.force_path_style };
     let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
-    config.cache = CacheConfig { block_size, max_size: args.max_cache_size, verify_every_read: args.verify_every_read };
+    config.cache = CacheConfig { block_size, max_size: args.max_cache_size, verify_every_read: args.verify_reads == VerifyReads::Always };
+    config.verify = VerifyPolicy { mode: args.verify, require_checksum: args.require_checksum };
     config.metadata_ttl = args.metadata_ttl;
     config.allow_other = args.allow_other;
     config.io_engine = args.io_engine;

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::cache::{BlockCache, CachedObject, ObjectId};
-use crate::checksum::block_hash;
+use crate::cache::CacheError;
+use crate::checksum::{block_crc, block_hash};
+use crate::object::ObjectInfo;
 use crate::metrics::Metrics;
 use crate::object::{ObjectClient, ObjectError};
 
@@ -112,14 +114,14 @@ impl Fetcher {
         // entry (still present) and are answered after it.
         let waiters = std::mem::take(self.inflight.lock().unwrap().get_mut(&key).unwrap());
         answer(waiters, &result);
-        if let Ok((bytes, hash)) = &result {
-            self.cache.write_block(&obj, b, bytes.clone(), *hash).await;
+        if let Ok((bytes, hash, crc)) = &result {
+            self.cache.write_block(&obj, b, bytes.clone(), *hash, *crc).await;
         }
         let late = self.inflight.lock().unwrap().remove(&key).unwrap_or_default();
         answer(late, &result);
     }
 
-    async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<(Bytes, [u8; 32]), FetchError> {
+    async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<(Bytes, [u8; 32], u64), FetchError> {
         let h = obj.header();
         let start = b * h.block_size as u64;
         let range = start..start + h.block_len(b) as u64;
@@ -128,8 +130,25 @@ impl Fetcher {
             tracing::warn!("fetching block {b} of s3://{}/{}: {e}", h.bucket, h.key);
             FetchError::from(e)
         })?;
+        // Both digests in one pass over fresh bytes: blake3 guards them at rest, the CRC (if the
+        // object has a CRC checksum) lets its part or object verify by combination later.
         let hash = block_hash(&bytes);
-        Ok((bytes, hash))
+        let crc = block_crc(h.checksum.algorithm, &bytes);
+        Ok((bytes, hash, crc))
+    }
+
+    /// The cache entry of an object version, created on first use with what S3 offers to verify
+    /// it against (one HeadObject, plus GetObjectAttributes for composite checksums). The
+    /// outer error is S3's, the inner the cache's (the caller may then read uncached).
+    pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Arc<CachedObject>, CacheError>, FetchError> {
+        let bucket = self.client.bucket().to_string();
+        match self.cache.open_existing(&bucket, info) {
+            Ok(Some(obj)) => return Ok(Ok(obj)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
+        Ok(self.cache.create(&bucket, info, checksum))
     }
 
     /// A range straight from S3 without caching: the path of last resort when the cache cannot
@@ -140,8 +159,8 @@ impl Fetcher {
     }
 }
 
-fn answer(waiters: Waiters, result: &Result<(Bytes, [u8; 32]), FetchError>) {
+fn answer(waiters: Waiters, result: &Result<(Bytes, [u8; 32], u64), FetchError>) {
     for w in waiters {
-        let _ = w.send(result.clone().map(|(bytes, _)| bytes));
+        let _ = w.send(result.clone().map(|(bytes, _, _)| bytes));
     }
 }

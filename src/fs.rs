@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
+use crate::verify::{VerifyError, Verifier};
 use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
 use crate::object::ObjectInfo;
 
@@ -39,6 +40,15 @@ impl From<MetaError> for FsError {
             MetaError::NotFound => Self::new(libc::ENOENT, "not found"),
             MetaError::Stale => Self::new(libc::ESTALE, "unknown inode"),
             MetaError::S3(e) => Self::new(libc::EIO, e.to_string()),
+        }
+    }
+}
+
+impl From<VerifyError> for FsError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Fetch(f) => f.into(),
+            other => Self::new(libc::EIO, other.to_string()),
         }
     }
 }
@@ -103,6 +113,7 @@ pub struct HoardFs {
     meta: Meta,
     cache: Arc<BlockCache>,
     fetcher: Arc<Fetcher>,
+    verifier: Arc<Verifier>,
     bucket: String,
     prefetch: PrefetchConfig,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -111,8 +122,8 @@ pub struct HoardFs {
 
 impl HoardFs {
     /// Assembles the file system from its parts.
-    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, bucket: String, prefetch: PrefetchConfig) -> Self {
-        Self { meta, cache, fetcher, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
+    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, verifier: Arc<Verifier>, bucket: String, prefetch: PrefetchConfig) -> Self {
+        Self { meta, cache, fetcher, verifier, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     /// Resolves `name` in `parent`.
@@ -137,7 +148,7 @@ impl HoardFs {
             return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
         }
         let info = self.meta.open_file(ino).await?;
-        let obj = match self.cache.open_object(&self.bucket, &info) {
+        let obj = match self.fetcher.entry(&info).await? {
             Ok(obj) => Some(obj),
             Err(e) => {
                 tracing::warn!("cannot cache s3://{}/{}: {e}; reading it straight from S3", self.bucket, info.key);
@@ -189,6 +200,7 @@ impl HoardFs {
         let bs = obj.header().block_size as u64;
         let (first, last) = (range.start / bs, (range.end - 1) / bs);
         self.prefetch_after(handle, obj, range.clone(), last);
+        self.verifier.before_serve(obj, range.clone()).await?;
         let mut parts = Vec::with_capacity((last - first + 1) as usize);
         for b in first..=last {
             let block_start = b * bs;
@@ -200,6 +212,7 @@ impl HoardFs {
             };
             parts.push(bytes);
         }
+        self.verifier.after_serve(obj, range.clone()).await;
         Ok(match parts.len() {
             1 => parts.pop().unwrap(),
             _ => {

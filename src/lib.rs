@@ -18,4 +18,7 @@ pub mod meta;
 pub mod metrics;
 pub mod mount;
 pub mod object;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod units;
+pub mod verify;

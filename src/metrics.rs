@@ -36,6 +36,7 @@ metrics! {
     cache_bytes_read => "hoardfs_cache_read_bytes_total", "Bytes read from the local cache (whole blocks when first verified).";
     blocks_written => "hoardfs_cache_blocks_written_total", "Blocks written into the cache.";
     blake3_mismatches => "hoardfs_cache_blake3_mismatches_total", "Cached blocks whose blake3 did not match; refetched.";
+    verify_failures => "hoardfs_verify_failures_total", "Parts or objects whose bytes did not match S3's checksum (then refetched).";
     cache_read_errors => "hoardfs_cache_read_errors_total", "Cache reads that failed with an I/O error; served from S3 instead.";
     cache_write_errors => "hoardfs_cache_write_errors_total", "Cache writes that failed (disk full, I/O error); the cache stopped growing.";
     evicted_objects => "hoardfs_cache_evicted_objects_total", "Object versions evicted to stay under --max-cache-size.";

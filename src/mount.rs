@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::s3::{S3Client, S3Config};
 use crate::object::{ObjectClient, ObjectError};
+use crate::verify::{Verifier, VerifyPolicy};
 
 /// Kernel attribute/entry cache time used with `--metadata-ttl indefinite`.
 const INDEFINITE_KERNEL_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -49,6 +50,8 @@ pub struct MountConfig {
     pub prefetch: PrefetchConfig,
     /// FUSE request threads.
     pub fuse_threads: usize,
+    /// Checking against S3's checksums.
+    pub verify: VerifyPolicy,
 }
 
 impl MountConfig {
@@ -67,6 +70,7 @@ impl MountConfig {
             max_concurrent_gets: crate::fetch::DEFAULT_MAX_CONCURRENT_GETS,
             prefetch: PrefetchConfig::default(),
             fuse_threads: 2,
+            verify: VerifyPolicy::default(),
         }
     }
 }
@@ -182,8 +186,9 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         let _guard = runtime.enter();
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.max_concurrent_gets)
     };
+    let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
     let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl);
-    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, config.s3.bucket.clone(), config.prefetch));
+    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch));
 
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(

@@ -4,7 +4,7 @@
 //! below fails whenever the encoding changes, which is the signal to bump [`FORMAT_VERSION`].
 //! All integers are little-endian.
 
-use crate::checksum::{Algorithm, ChecksumType};
+use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
 /// First eight bytes of every index file.
 pub const INDEX_MAGIC: [u8; 8] = *b"HOARDIDX";
@@ -72,20 +72,14 @@ pub struct IndexHeader {
     pub object_size: u64,
     /// Object Last-Modified, milliseconds since the Unix epoch.
     pub mtime_ms: i64,
-    /// S3 additional checksum algorithm, if any.
-    pub checksum_algorithm: Algorithm,
-    /// Whole-object or composite.
-    pub checksum_type: ChecksumType,
-    /// Part sizes of a multipart object, when known (empty otherwise).
-    pub part_sizes: Vec<u64>,
+    /// What S3 offers to verify this object version against (algorithm, type, value, parts).
+    pub checksum: ObjectChecksum,
     /// Bucket name.
     pub bucket: String,
     /// Full object key.
     pub key: String,
     /// ETag as S3 sent it, quotes included.
     pub etag: String,
-    /// S3's checksum value as sent (base64, with `-N` for composite).
-    pub checksum_value: String,
 }
 
 /// Byte offsets of each section, derived from the header length and block count.
@@ -147,20 +141,25 @@ impl IndexHeader {
         out.extend_from_slice(&self.object_size.to_le_bytes());
         out.extend_from_slice(&self.block_count().to_le_bytes());
         out.extend_from_slice(&self.mtime_ms.to_le_bytes());
-        out.push(self.checksum_algorithm as u8);
-        out.push(self.checksum_type as u8);
+        let c = &self.checksum;
+        out.push(c.algorithm as u8);
+        out.push(c.kind as u8);
         out.extend_from_slice(&[0u8; 2]); // reserved
-        out.extend_from_slice(&(self.part_sizes.len() as u32).to_le_bytes());
-        for s in [&self.bucket, &self.key, &self.etag, &self.checksum_value] {
+        out.extend_from_slice(&(c.parts.len() as u32).to_le_bytes());
+        for s in [&self.bucket, &self.key, &self.etag, &c.value] {
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
         }
         out.extend_from_slice(&[0u8; 8]); // reserved, pads the fixed part to 72
         debug_assert_eq!(out.len(), FIXED_HEADER_LEN);
-        for s in [&self.bucket, &self.key, &self.etag, &self.checksum_value] {
+        for s in [&self.bucket, &self.key, &self.etag, &c.value] {
             out.extend_from_slice(s.as_bytes());
         }
-        for p in &self.part_sizes {
-            out.extend_from_slice(&p.to_le_bytes());
+        for p in &c.parts {
+            out.extend_from_slice(&p.size.to_le_bytes());
+        }
+        for p in &c.parts {
+            out.push(p.checksum.len() as u8);
+            out.extend_from_slice(p.checksum.as_bytes());
         }
         let hash = blake3::hash(&out);
         out.extend_from_slice(hash.as_bytes());
@@ -174,8 +173,8 @@ impl IndexHeader {
             + self.bucket.len()
             + self.key.len()
             + self.etag.len()
-            + self.checksum_value.len()
-            + 8 * self.part_sizes.len()
+            + self.checksum.value.len()
+            + self.checksum.parts.iter().map(|p| 9 + p.checksum.len()).sum::<usize>()
             + 32
     }
 
@@ -231,9 +230,15 @@ impl IndexHeader {
             strings.next().unwrap()?,
         );
         drop(strings);
-        let mut part_sizes = Vec::with_capacity(part_count.min(10_000));
+        let mut sizes = Vec::with_capacity(part_count.min(10_000));
         for _ in 0..part_count {
-            part_sizes.push(r.u64()?);
+            sizes.push(r.u64()?);
+        }
+        let mut parts = Vec::with_capacity(sizes.len());
+        for size in sizes {
+            let n = r.u8()? as usize;
+            let checksum = String::from_utf8(r.take(n)?.to_vec()).map_err(|_| FormatError::Corrupt("string is not UTF-8"))?;
+            parts.push(Part { size, checksum });
         }
         if r.pos + 32 != header_len {
             return Err(FormatError::Corrupt("header length does not match its fields"));
@@ -242,13 +247,10 @@ impl IndexHeader {
             block_size,
             object_size,
             mtime_ms,
-            checksum_algorithm,
-            checksum_type,
-            part_sizes,
+            checksum: ObjectChecksum { algorithm: checksum_algorithm, kind: checksum_type, value: checksum_value, parts },
             bucket,
             key,
             etag,
-            checksum_value,
         };
         Ok((header, header_len))
     }
@@ -291,20 +293,23 @@ pub(crate) mod tests {
             block_size: 1 << 20,
             object_size: (2 << 20) + 1,
             mtime_ms: 1_700_000_000_123,
-            checksum_algorithm: Algorithm::Crc32c,
-            checksum_type: ChecksumType::FullObject,
-            part_sizes: vec![],
+            checksum: ObjectChecksum {
+                algorithm: Algorithm::Crc32c,
+                kind: ChecksumType::FullObject,
+                value: "yZRlqg==".into(),
+                parts: vec![],
+            },
             bucket: "bucket".into(),
             key: "dir/file.bin".into(),
             etag: "\"5d41402abc4b2a76b9719d911017c592\"".into(),
-            checksum_value: "yZRlqg==".into(),
         }
     }
 
     #[test]
     fn roundtrip() {
         let mut h = vector_header();
-        h.part_sizes = vec![5 << 20, 3];
+        h.checksum.kind = ChecksumType::Composite;
+        h.checksum.parts = vec![Part { size: 5 << 20, checksum: "AAAAAA==".into() }, Part { size: 3, checksum: "yZRlqg==".into() }];
         let bytes = h.encode();
         assert_eq!(IndexHeader::decode(&bytes).unwrap(), (h.clone(), bytes.len()));
     }

@@ -125,6 +125,11 @@ impl ObjectIndex {
         self.map[off..off + 32].try_into().unwrap()
     }
 
+    /// The recorded CRC of block `b` (in the object's CRC algorithm).
+    pub fn block_crc(&self, b: u64) -> u64 {
+        read_u64(&self.map, self.record_off(b) + 32)
+    }
+
     /// Records block `b`'s hash and CRC, then sets its presence bit (in that order).
     pub fn mark_present(&mut self, b: u64, hash: &[u8; 32], crc: u64) {
         let off = self.record_off(b);

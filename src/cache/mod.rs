@@ -14,13 +14,14 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lru::LruCache;
 
-use crate::checksum::{block_hash, Algorithm, ChecksumType};
+use crate::checksum::block_hash;
 use crate::io::IoEngine;
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
@@ -81,6 +82,12 @@ pub struct CachedObject {
     data_path: std::path::PathBuf,
     /// Blocks whose blake3 was checked during this mount; the rest are checked on first read.
     checked: Mutex<Vec<u64>>,
+    /// Fast path: the whole object matched S3's checksum (persisted as `VerifyState::Verified`).
+    verified: AtomicBool,
+    /// Per verification unit (part, or the whole object): matched in this mount.
+    units_verified: Mutex<Vec<bool>>,
+    /// Per unit: failed twice in this mount, so reads fail fast instead of refetching again.
+    units_failed: Mutex<Vec<bool>>,
 }
 
 impl CachedObject {
@@ -107,6 +114,65 @@ impl CachedObject {
     /// The data file's path (passthrough opens it directly).
     pub fn data_path(&self) -> &Path {
         &self.data_path
+    }
+
+    /// Whether every unit matched S3's checksum.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    /// Whether unit `u` matched S3's checksum.
+    pub fn unit_verified(&self, u: usize) -> bool {
+        self.is_verified() || self.units_verified.lock().unwrap()[u]
+    }
+
+    /// Records that unit `u` matched; when all have, persists `Verified`.
+    pub fn set_unit_verified(&self, u: usize) {
+        let mut units = self.units_verified.lock().unwrap();
+        units[u] = true;
+        if units.iter().all(|v| *v) {
+            self.index.lock().unwrap().set_verify_state(VerifyState::Verified);
+            self.verified.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether unit `u` already failed verification twice in this mount.
+    pub fn unit_failed(&self, u: usize) -> bool {
+        self.units_failed.lock().unwrap()[u]
+    }
+
+    /// Records that unit `u` failed twice: persisted as `Failed` for the inspection tools, and
+    /// remembered for this mount so later reads fail fast.
+    pub fn set_unit_failed(&self, u: usize) {
+        self.units_failed.lock().unwrap()[u] = true;
+        self.set_verify_state(VerifyState::Failed);
+    }
+
+    /// Persists a verification state (Failed, Unverifiable).
+    pub fn set_verify_state(&self, state: VerifyState) {
+        self.index.lock().unwrap().set_verify_state(state);
+    }
+
+    /// The persisted verification state.
+    pub fn verify_state(&self) -> VerifyState {
+        self.index.lock().unwrap().verify_state()
+    }
+
+    /// Recorded CRC of block `b` (`None` if absent).
+    pub fn block_crc(&self, b: u64) -> Option<u64> {
+        let index = self.index.lock().unwrap();
+        index.is_present(b).then(|| index.block_crc(b))
+    }
+
+    /// Clears block `b` (its bytes failed a check), so the next read fetches it again.
+    pub fn drop_block(&self, b: u64) {
+        self.index.lock().unwrap().clear(b);
+        self.set_checked(b, false);
+    }
+
+    /// The data file, for reading a finished unit back to hash it.
+    pub fn data_file(&self) -> &Arc<File> {
+        &self.data
     }
 
     fn was_checked(&self, b: u64) -> bool {
@@ -232,17 +298,47 @@ impl BlockCache {
         self.state.lock().unwrap().lru.len()
     }
 
-    /// The entry for an object version, opening or creating its files. Creating writes the data
-    /// file (sparse, full length) before the index, so an index always has its data file.
-    pub fn open_object(&self, bucket: &str, info: &ObjectInfo) -> Result<Arc<CachedObject>, CacheError> {
+    /// The entry for an object version if the cache has one (opening its files), else `None`.
+    /// A damaged entry is deleted and reported as absent.
+    pub fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
         let id = ObjectId::new(bucket, &info.key, &info.etag);
         let mut state = self.state.lock().unwrap();
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             state.lru.promote(&id);
+            return Ok(Some(obj));
+        }
+        let (data_path, idx_path) = self.dir.paths(&id);
+        let index = match ObjectIndex::open(&idx_path) {
+            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
+            Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Ok(_) => {
+                tracing::warn!("cache entry {} does not describe s3://{bucket}/{}; replacing it", idx_path.display(), info.key);
+                self.forget(&mut state, id);
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!("replacing damaged cache entry: {e}");
+                self.forget(&mut state, id);
+                return Ok(None);
+            }
+        };
+        self.activate(&mut state, id, index, data_path).map(Some)
+    }
+
+    /// Creates the entry for an object version with what S3 offers to verify it against. The
+    /// data file (sparse, full length) is created before the index, so an index always has its
+    /// data file. If another caller created it meanwhile, that entry is returned.
+    pub fn create(&self, bucket: &str, info: &ObjectInfo, checksum: crate::checksum::ObjectChecksum) -> Result<Arc<CachedObject>, CacheError> {
+        if let Some(obj) = self.open_existing(bucket, info)? {
+            return Ok(obj);
+        }
+        let id = ObjectId::new(bucket, &info.key, &info.etag);
+        let mut state = self.state.lock().unwrap();
+        if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(obj);
         }
         let (data_path, idx_path) = self.dir.paths(&id);
-        let wanted = IndexHeader {
+        let header = IndexHeader {
             block_size: self.config.block_size,
             object_size: info.size,
             mtime_ms: info
@@ -250,45 +346,33 @@ impl BlockCache {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
-            checksum_algorithm: Algorithm::None,
-            checksum_type: ChecksumType::None,
-            part_sizes: vec![],
+            checksum,
             bucket: bucket.to_string(),
             key: info.key.clone(),
             etag: info.etag.clone(),
-            checksum_value: String::new(),
         };
-        let existing = match ObjectIndex::open(&idx_path) {
-            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => Some(idx),
-            Ok(_) => None,
-            Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                tracing::warn!("replacing damaged cache entry: {e}");
-                None
-            }
-        };
-        let index = match existing {
-            Some(idx) => idx,
-            None => {
-                if let Some(old) = state.lru.pop(&id) {
-                    state.total -= old;
-                }
-                let io_err = |source| CacheError::Io { path: data_path.display().to_string(), source };
-                std::fs::create_dir_all(data_path.parent().unwrap()).map_err(io_err)?;
-                let f = File::create(&data_path).map_err(io_err)?;
-                f.set_len(info.size).map_err(io_err)?;
-                ObjectIndex::create(&idx_path, wanted)?
-            }
-        };
+        let io_err = |source| CacheError::Io { path: data_path.display().to_string(), source };
+        std::fs::create_dir_all(data_path.parent().unwrap()).map_err(io_err)?;
+        let f = File::create(&data_path).map_err(io_err)?;
+        f.set_len(info.size).map_err(io_err)?;
+        let mut index = ObjectIndex::create(&idx_path, header)?;
+        if index.header().checksum.algorithm == crate::checksum::Algorithm::None {
+            index.set_verify_state(VerifyState::Unverifiable);
+        }
+        self.activate(&mut state, id, index, data_path)
+    }
+
+    fn activate(&self, state: &mut State, id: ObjectId, mut index: ObjectIndex, data_path: std::path::PathBuf) -> Result<Arc<CachedObject>, CacheError> {
         let data = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&data_path)
             .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
-        let mut index = index;
         index.touch(now_secs());
         let header = index.header().clone();
         let words = header.block_count().div_ceil(64) as usize;
+        let units = header.checksum.units(header.object_size).len();
+        let verified = index.verify_state() == VerifyState::Verified;
         let obj = Arc::new(CachedObject {
             id,
             header,
@@ -296,6 +380,9 @@ impl BlockCache {
             data: Arc::new(data),
             data_path,
             checked: Mutex::new(vec![0; words]),
+            verified: AtomicBool::new(verified),
+            units_verified: Mutex::new(vec![verified; units]),
+            units_failed: Mutex::new(vec![false; units]),
         });
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);
@@ -303,6 +390,18 @@ impl BlockCache {
         state.open.retain(|_, w| w.strong_count() > 0);
         state.open.insert(id, Arc::downgrade(&obj));
         Ok(obj)
+    }
+
+    /// Deletes an entry's files and accounting (it must not be open).
+    fn forget(&self, state: &mut State, id: ObjectId) {
+        if let Some(bytes) = state.lru.pop(&id) {
+            state.total -= bytes;
+        }
+        state.open.remove(&id);
+        let (data, idx) = self.dir.paths(&id);
+        // Index first: without it the data file is an orphan that the next scan deletes.
+        let _ = std::fs::remove_file(idx);
+        let _ = std::fs::remove_file(data);
     }
 
     /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in
@@ -369,7 +468,7 @@ impl BlockCache {
     /// Stores block `b` (already fetched and checked by the caller). Space is reserved first,
     /// evicting least recently used entries that nobody has open; if none can go, or the disk is
     /// full, the block is simply not cached. The data is written before the index claims it.
-    pub async fn write_block(&self, obj: &Arc<CachedObject>, b: u64, data: Bytes, hash: [u8; 32]) {
+    pub async fn write_block(&self, obj: &Arc<CachedObject>, b: u64, data: Bytes, hash: [u8; 32], crc: u64) {
         let cost = round_up(data.len() as u64);
         if !self.reserve(obj.id, cost) {
             return;
@@ -377,7 +476,7 @@ impl BlockCache {
         let offset = b * obj.header.block_size as u64;
         match self.io.write_at(&obj.data, offset, data).await {
             Ok(()) => {
-                obj.index.lock().unwrap().mark_present(b, &hash, 0);
+                obj.index.lock().unwrap().mark_present(b, &hash, crc);
                 obj.set_checked(b, true);
                 Metrics::add(&self.metrics.blocks_written, 1);
             }
@@ -413,13 +512,8 @@ impl BlockCache {
                     .map(|(id, _)| *id)
                     .find(|v| *v != id && state.open.get(v).is_none_or(|w| w.strong_count() == 0));
                 let Some(victim) = victim else { return false };
-                let bytes = state.lru.pop(&victim).unwrap_or(0);
-                state.total -= bytes;
-                state.open.remove(&victim);
-                let (data, idx) = self.dir.paths(&victim);
-                // Index first: without it the data file is an orphan that the next scan deletes.
-                let _ = std::fs::remove_file(idx);
-                let _ = std::fs::remove_file(data);
+                let bytes = state.lru.peek(&victim).copied().unwrap_or(0);
+                self.forget(&mut state, victim);
                 Metrics::add(&self.metrics.evicted_objects, 1);
                 Metrics::add(&self.metrics.evicted_bytes, bytes);
             }
@@ -445,11 +539,6 @@ impl BlockCache {
         for obj in state.open.values().filter_map(Weak::upgrade) {
             let _ = obj.index.lock().unwrap().flush_async();
         }
-    }
-
-    /// The verification state of an entry.
-    pub fn verify_state(&self, obj: &CachedObject) -> VerifyState {
-        obj.index.lock().unwrap().verify_state()
     }
 }
 

@@ -5,54 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
-use crate::fetch::Fetcher;
-use crate::fs::{HoardFs, PrefetchConfig};
 use crate::io::{probe, EngineChoice};
-use crate::meta::{Meta, ROOT_INO};
-use crate::object::counting::CountingClient;
+use crate::meta::ROOT_INO;
 use crate::object::memory::MemoryClient;
-use crate::object::ObjectClient;
-
-struct Rig {
-    fs: HoardFs,
-    metrics: Arc<Metrics>,
-    cache: Arc<BlockCache>,
-}
-
-fn rig(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config: CacheConfig) -> Rig {
-    let metrics = Arc::new(Metrics::default());
-    let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem, metrics.clone()));
-    let cache = Arc::new(
-        BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(engine).unwrap(), metrics.clone(), config).unwrap(),
-    );
-    let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), 4);
-    let meta = Meta::new(client, "", None);
-    let fs = HoardFs::new(meta, cache.clone(), fetcher, "b".into(), PrefetchConfig::default());
-    Rig { fs, metrics, cache }
-}
-
-fn small_blocks() -> CacheConfig {
-    CacheConfig { block_size: 4096, ..CacheConfig::default() }
-}
-
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
-
-async fn read_all(fs: &HoardFs, name: &str) -> Vec<u8> {
-    let attr = fs.lookup(ROOT_INO, name).await.unwrap();
-    let fh = fs.open(attr.ino, false).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let chunk = fs.read(fh, out.len() as u64, 5000).await.unwrap();
-        if chunk.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    fs.release(fh);
-    out
-}
+use crate::testing::{pattern, read_all, rig, small_blocks};
 
 async fn persist_and_corrupt(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
@@ -61,13 +17,13 @@ async fn persist_and_corrupt(engine: EngineChoice) {
     mem.put("obj", body.clone());
     {
         let r = rig(dir.path(), mem.clone(), engine, small_blocks());
-        assert_eq!(read_all(&r.fs, "obj").await, body);
+        assert_eq!(read_all(&r.fs, "obj").await.unwrap(), body);
         assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 6);
     }
     // Remount: every block from disk.
     {
         let r = rig(dir.path(), mem.clone(), engine, small_blocks());
-        assert_eq!(read_all(&r.fs, "obj").await, body);
+        assert_eq!(read_all(&r.fs, "obj").await.unwrap(), body);
         assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
     }
     // Corrupt block 2 on disk: refetched, never served.
@@ -81,7 +37,7 @@ async fn persist_and_corrupt(engine: EngineChoice) {
     bytes[4096 * 2 + 10] ^= 0x55;
     std::fs::write(&data, bytes).unwrap();
     let r = rig(dir.path(), mem.clone(), engine, small_blocks());
-    assert_eq!(read_all(&r.fs, "obj").await, body);
+    assert_eq!(read_all(&r.fs, "obj").await.unwrap(), body);
     assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
     assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 1);
 }
@@ -129,7 +85,7 @@ async fn eviction_keeps_the_cache_under_its_limit_and_spares_open_objects() {
     let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, config);
     let pinned = r.fs.open(r.fs.lookup(ROOT_INO, "o00").await.unwrap().ino, false).await.unwrap();
     for i in 0..12 {
-        assert_eq!(read_all(&r.fs, &format!("o{i:02}")).await, pattern(4096 * 4, i));
+        assert_eq!(read_all(&r.fs, &format!("o{i:02}")).await.unwrap(), pattern(4096 * 4, i));
         assert!(r.cache.total_bytes() <= limit + 4096, "accounted {} > limit", r.cache.total_bytes());
         assert!(disk_usage(dir.path()) <= limit + 4096 + 64 * 1024, "on disk {}", disk_usage(dir.path()));
     }
@@ -160,7 +116,7 @@ async fn recovery_removes_crash_leftovers_and_keeps_good_entries() {
     mem.put("obj", pattern(9000, 9));
     {
         let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
-        read_all(&r.fs, "obj").await;
+        read_all(&r.fs, "obj").await.unwrap();
     }
     let shard = dir.path().join(store::OBJECTS).join("ab");
     std::fs::create_dir_all(&shard).unwrap();
@@ -171,7 +127,7 @@ async fn recovery_removes_crash_leftovers_and_keeps_good_entries() {
     let r = rig(dir.path(), mem, EngineChoice::Psync, small_blocks());
     assert!(!orphan.exists() && !torn.exists());
     assert_eq!(r.cache.entry_count(), 1);
-    assert_eq!(read_all(&r.fs, "obj").await, pattern(9000, 9));
+    assert_eq!(read_all(&r.fs, "obj").await.unwrap(), pattern(9000, 9));
     assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
 }
 
@@ -190,9 +146,9 @@ async fn committed_cache_dir_fixture_serves_its_object() {
         etag: "\"0123456789abcdef0123456789abcdef\"".into(),
         last_modified: SystemTime::UNIX_EPOCH,
     };
-    let obj = cache.open_object("demo", &info).unwrap();
+    let obj = cache.open_existing("demo", &info).unwrap().expect("the fixture's entry");
     assert!(obj.is_complete());
-    assert_eq!(cache.verify_state(&obj), VerifyState::Unverifiable);
+    assert_eq!(obj.verify_state(), VerifyState::Unverifiable);
     let b0 = cache.read_verified(&obj, 0).await.unwrap();
     let b1 = cache.read_verified(&obj, 1).await.unwrap();
     assert_eq!([&b0[..], &b1[..]].concat(), content);

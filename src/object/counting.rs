@@ -54,6 +54,12 @@ impl ObjectClient for CountingClient {
         })
     }
 
+    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<crate::checksum::ObjectChecksum, ObjectError>> {
+        Metrics::add(&self.metrics.s3_head_requests, 1);
+        let fut = self.inner.object_checksum(key, etag);
+        Box::pin(async move { self.tally(fut.await) })
+    }
+
     fn list(
         &self,
         prefix: &str,

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::checksum::{s3_checksum, Algorithm, ChecksumType, ObjectChecksum, Part};
+
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
 /// Objects kept in a sorted map so listings come out in S3's (byte-wise) order.
@@ -15,15 +17,14 @@ use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, Obje
 pub struct MemoryClient {
     bucket: String,
     objects: Mutex<BTreeMap<String, (Bytes, ObjectInfo)>>,
+    checksums: Mutex<BTreeMap<String, ObjectChecksum>>,
+    corrupt: Mutex<Option<Box<dyn Fn(&str, &mut Vec<u8>) + Send>>>,
 }
 
 impl MemoryClient {
     /// An empty bucket.
     pub fn new(bucket: &str) -> Self {
-        Self {
-            bucket: bucket.to_string(),
-            objects: Mutex::default(),
-        }
+        Self { bucket: bucket.to_string(), ..Self::default() }
     }
 
     /// Stores `body` under `key` with an MD5 ETag, as S3 does for single-part uploads.
@@ -41,7 +42,41 @@ impl MemoryClient {
             .lock()
             .unwrap()
             .insert(key.to_string(), (body, info.clone()));
+        self.checksums.lock().unwrap().remove(key);
         info
+    }
+
+    /// Stores `body` with an additional checksum as S3 would compute it: full-object, or
+    /// composite over parts of `part_size` bytes when given.
+    pub fn put_with_checksum(&self, key: &str, body: impl Into<Bytes>, algorithm: Algorithm, part_size: Option<usize>) -> ObjectInfo {
+        let body: Bytes = body.into();
+        let info = self.put(key, body.clone());
+        let checksum = match part_size {
+            None => ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value: s3_checksum(algorithm, &body), parts: vec![] },
+            Some(n) => {
+                let parts: Vec<Part> = body.chunks(n).map(|c| Part { size: c.len() as u64, checksum: s3_checksum(algorithm, c) }).collect();
+                let mut concat = Vec::new();
+                for p in &parts {
+                    concat.extend(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &p.checksum).unwrap());
+                }
+                let value = format!("{}-{}", s3_checksum(algorithm, &concat), parts.len());
+                ObjectChecksum { algorithm, kind: ChecksumType::Composite, value, parts }
+            }
+        };
+        self.checksums.lock().unwrap().insert(key.to_string(), checksum);
+        info
+    }
+
+    /// Replaces an object's ETag (to model multipart or encrypted objects).
+    pub fn set_etag(&self, key: &str, etag: &str) {
+        if let Some((_, info)) = self.objects.lock().unwrap().get_mut(key) {
+            info.etag = etag.to_string();
+        }
+    }
+
+    /// Installs a hook that may alter GET bodies (key, body): fault injection for tests.
+    pub fn corrupt_gets(&self, f: impl Fn(&str, &mut Vec<u8>) + Send + 'static) {
+        *self.corrupt.lock().unwrap() = Some(Box::new(f));
     }
 }
 
@@ -64,9 +99,29 @@ impl ObjectClient for MemoryClient {
             Some((body, _)) => {
                 let end = range.end.min(body.len() as u64);
                 let start = range.start.min(end);
-                let slice = body.slice(start as usize..end as usize);
+                let mut slice = body.slice(start as usize..end as usize);
+                if let Some(f) = self.corrupt.lock().unwrap().as_ref() {
+                    let mut v = slice.to_vec();
+                    f(key, &mut v);
+                    slice = Bytes::from(v);
+                }
                 check_body_len(&range, &slice).map(|_| slice)
             }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<ObjectChecksum, ObjectError>> {
+        let result = match self.objects.lock().unwrap().get(key) {
+            None => Err(ObjectError::NotFound(key.to_string())),
+            Some((_, info)) if info.etag != etag => Err(ObjectError::PreconditionFailed(key.into())),
+            Some((_, info)) => Ok(self
+                .checksums
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| ObjectChecksum::from_md5_etag(&info.etag, false))),
         };
         Box::pin(async move { result })
     }

@@ -81,6 +81,11 @@ pub trait ObjectClient: Send + Sync + 'static {
         range: std::ops::Range<u64>,
     ) -> BoxFuture<'_, Result<Bytes, ObjectError>>;
 
+    /// What S3 offers to verify `key` (at `etag`) against: its additional checksum and, for a
+    /// composite checksum, the parts with theirs; else the MD5 ETag of a single-part object.
+    /// Asked once per object version, when it is first cached; the answer is kept in the index.
+    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<crate::checksum::ObjectChecksum, ObjectError>>;
+
     /// ListObjectsV2 with delimiter `/`.
     fn list(
         &self,

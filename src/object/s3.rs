@@ -7,7 +7,10 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType as S3ChecksumType, ObjectAttributes, ServerSideEncryption};
 use bytes::Bytes;
+
+use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
@@ -57,6 +60,46 @@ impl S3Client {
             client: aws_sdk_s3::Client::from_conf(s3_config),
             bucket: config.bucket.clone(),
         }
+    }
+
+    /// Part sizes and part checksums of a multipart object (GetObjectAttributes, paged); `None`
+    /// when the server does not list them all with checksums.
+    async fn parts(&self, key: &str, algorithm: Algorithm) -> Result<Option<Vec<Part>>, ObjectError> {
+        let what = format!("GetObjectAttributes s3://{}/{key}", self.bucket);
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .get_object_attributes()
+                .bucket(&self.bucket)
+                .key(key)
+                .object_attributes(ObjectAttributes::ObjectParts)
+                .object_attributes(ObjectAttributes::Checksum)
+                .max_parts(1000)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| classify(&what, e))?;
+            let Some(op) = out.object_parts() else { break };
+            for p in op.parts() {
+                let checksum = match algorithm {
+                    Algorithm::Crc32 => p.checksum_crc32(),
+                    Algorithm::Crc32c => p.checksum_crc32_c(),
+                    Algorithm::Crc64nvme => p.checksum_crc64_nvme(),
+                    Algorithm::Sha1 => p.checksum_sha1(),
+                    Algorithm::Sha256 => p.checksum_sha256(),
+                    _ => None,
+                };
+                let (Some(size), Some(checksum)) = (p.size(), checksum) else { return Ok(None) };
+                parts.push(Part { size: size.max(0) as u64, checksum: checksum.to_string() });
+            }
+            if op.is_truncated() != Some(true) {
+                break;
+            }
+            marker = op.next_part_number_marker().map(str::to_owned);
+        }
+        Ok((!parts.is_empty()).then_some(parts))
     }
 
     /// The SDK client, for callers (tests, `cache warm`) that need an operation not in the trait.
@@ -169,6 +212,70 @@ impl ObjectClient for S3Client {
                 .into_bytes();
             check_body_len(&range, &body)?;
             Ok(body)
+        })
+    }
+
+    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<ObjectChecksum, ObjectError>> {
+        let key = key.to_string();
+        let etag = etag.to_string();
+        Box::pin(async move {
+            let what = format!("HeadObject s3://{}/{key}", self.bucket);
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .if_match(&etag)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| classify(&what, e))?;
+            let found = [
+                (Algorithm::Crc64nvme, head.checksum_crc64_nvme()),
+                (Algorithm::Crc32c, head.checksum_crc32_c()),
+                (Algorithm::Crc32, head.checksum_crc32()),
+                (Algorithm::Sha256, head.checksum_sha256()),
+                (Algorithm::Sha1, head.checksum_sha1()),
+            ]
+            .into_iter()
+            .find_map(|(a, v)| Some((a, v?.to_string())));
+            let Some((algorithm, value)) = found else {
+                let encrypted = matches!(
+                    head.server_side_encryption(),
+                    Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+                ) || head.sse_customer_algorithm().is_some();
+                return Ok(ObjectChecksum::from_md5_etag(&etag, encrypted));
+            };
+            let composite = head.checksum_type() == Some(&S3ChecksumType::Composite) || value.contains('-');
+            let checksum = if !composite {
+                ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value, parts: vec![] }
+            } else {
+                match self.parts(&key, algorithm).await? {
+                    Some(parts) => ObjectChecksum { algorithm, kind: ChecksumType::Composite, value, parts },
+                    None => {
+                        tracing::warn!(
+                            "s3://{}/{key} has a composite {algorithm:?} checksum but the server lists no part checksums; \
+                             it cannot be verified and is recorded as unverified",
+                            self.bucket
+                        );
+                        return Ok(ObjectChecksum::none());
+                    }
+                }
+            };
+            if !checksum.well_formed() {
+                tracing::warn!(
+                    "s3://{}/{key}: the server's {algorithm:?} checksum {:?} is malformed; recorded as unverified",
+                    self.bucket, checksum.value
+                );
+                return Ok(ObjectChecksum::none());
+            }
+            if checksum.composite_consistent() == Some(false) {
+                tracing::warn!(
+                    "s3://{}/{key}: composite checksum {} is not the checksum of its part checksums; verifying the parts",
+                    self.bucket, checksum.value
+                );
+            }
+            Ok(checksum)
         })
     }
 

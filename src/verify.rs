@@ -1,0 +1,367 @@
+//! Proving cached bytes are S3's bytes: each *unit* (a part of a composite checksum, otherwise
+//! the whole object) is checked against S3's own checksum once all its blocks are present.
+//!
+//! CRC units whose edges fall on block edges verify by combining the per-block CRCs recorded at
+//! fill time (no I/O); other units (SHA, MD5, CRC parts that split a block) are hashed by
+//! streaming their blocks. A mismatch drops the unit's blocks and fetches them again once; a
+//! second mismatch marks the object Failed and reads of it fail with EIO, with the bucket, key,
+//! ETag and byte range in the log. A verified object is marked in its index and is not verified
+//! again after a remount.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::cache::{CachedObject, ObjectId};
+use crate::checksum::{block_crc, combine_crcs, Algorithm, UnitHasher};
+use crate::fetch::{FetchError, Fetcher};
+use crate::metrics::Metrics;
+
+/// When bytes are checked against S3's checksum relative to serving them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyMode {
+    /// A byte is served only after its unit matched S3's checksum. A first read of a large
+    /// unverified unit waits for the whole unit to arrive (fetched in parallel).
+    Strict,
+    /// Bytes are served as they arrive (still blake3-checked at rest); each unit is verified in
+    /// the background once complete, and a mismatch drops it so later reads refetch.
+    BestEffort,
+}
+
+/// What to verify and what to do about objects S3 gives no checksum for.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyPolicy {
+    /// When. Default: strict.
+    pub mode: VerifyMode,
+    /// Refuse (EIO) objects with nothing to verify against. Default: false (serve them, marked
+    /// unverified in `hoardfs cache ls`).
+    pub require_checksum: bool,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self { mode: VerifyMode::Strict, require_checksum: false }
+    }
+}
+
+/// Why bytes cannot be served.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The bytes did not match S3's checksum, twice.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Nothing to verify against and the policy requires it.
+    #[error("{0}")]
+    Unverifiable(String),
+    /// The bytes could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+type Waiters = Vec<oneshot::Sender<Result<(), VerifyError>>>;
+
+/// The verifier of one mount.
+pub struct Verifier {
+    fetcher: Arc<Fetcher>,
+    metrics: Arc<Metrics>,
+    policy: VerifyPolicy,
+    inflight: Mutex<HashMap<(ObjectId, usize), Waiters>>,
+}
+
+impl Verifier {
+    /// A verifier that loads blocks through `fetcher`.
+    pub fn new(fetcher: Arc<Fetcher>, metrics: Arc<Metrics>, policy: VerifyPolicy) -> Arc<Self> {
+        Arc::new(Self { fetcher, metrics, policy, inflight: Mutex::default() })
+    }
+
+    /// Called before bytes `range` of `obj` are served: in strict mode, returns once every unit
+    /// overlapping the range is verified (or failed). Refuses unverifiable objects if required.
+    pub async fn before_serve(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>) -> Result<(), VerifyError> {
+        self.check(obj, range, VerifyMode::Strict).await
+    }
+
+    /// Called after bytes `range` of `obj` were served: in best-effort mode, starts background
+    /// verification of the overlapping units that are now complete.
+    pub async fn after_serve(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>) {
+        let _ = self.check(obj, range, VerifyMode::BestEffort).await;
+    }
+
+    async fn check(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>, phase: VerifyMode) -> Result<(), VerifyError> {
+        if phase != self.policy.mode {
+            return Ok(());
+        }
+        if obj.is_verified() {
+            return Ok(());
+        }
+        let h = obj.header();
+        if h.checksum.algorithm == Algorithm::None {
+            if self.policy.require_checksum {
+                return Err(VerifyError::Unverifiable(format!(
+                    "s3://{}/{} has no checksum to verify against and --require-checksum is set",
+                    h.bucket, h.key
+                )));
+            }
+            return Ok(());
+        }
+        let units = h.checksum.units(h.object_size);
+        for (u, unit) in units.iter().enumerate() {
+            if unit.end <= range.start || unit.start >= range.end.max(range.start + 1) || obj.unit_verified(u) {
+                continue;
+            }
+            match self.policy.mode {
+                VerifyMode::Strict => self.ensure(obj, u).await?,
+                VerifyMode::BestEffort => {
+                    if blocks_of(obj, unit).all(|b| obj.is_present(b)) {
+                        let (this, obj) = (self.clone(), obj.clone());
+                        tokio::spawn(async move { this.ensure(&obj, u).await });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies unit `u`, once however many callers ask at the same time.
+    pub async fn ensure(self: &Arc<Self>, obj: &Arc<CachedObject>, u: usize) -> Result<(), VerifyError> {
+        let key = (obj.id, u);
+        let (tx, rx) = oneshot::channel();
+        let joined = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.get_mut(&key) {
+                Some(w) => {
+                    w.push(tx);
+                    true
+                }
+                None => {
+                    inflight.insert(key, vec![tx]);
+                    false
+                }
+            }
+        };
+        if joined {
+            return rx.await.unwrap_or_else(|_| Err(VerifyError::Mismatch("verification abandoned".into())));
+        }
+        let result = self.verify_unit(obj, u).await;
+        for w in self.inflight.lock().unwrap().remove(&key).unwrap_or_default() {
+            let _ = w.send(result.clone());
+        }
+        result
+    }
+
+    async fn verify_unit(&self, obj: &Arc<CachedObject>, u: usize) -> Result<(), VerifyError> {
+        if obj.unit_verified(u) {
+            return Ok(());
+        }
+        let h = obj.header();
+        let unit = h.checksum.units(h.object_size)[u].clone();
+        let failed = || {
+            VerifyError::Mismatch(format!(
+                "s3://{}/{} (ETag {}) bytes {}-{} failed verification against S3's {:?} checksum twice",
+                h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1), h.checksum.algorithm
+            ))
+        };
+        if obj.unit_failed(u) {
+            return Err(failed());
+        }
+        let expected = h.checksum.expected(u);
+        for attempt in 1..=2 {
+            let actual = self.unit_checksum(obj, &unit).await?;
+            if actual.is_some() && actual == expected {
+                obj.set_unit_verified(u);
+                if obj.is_verified() {
+                    tracing::debug!("s3://{}/{} verified against its {:?} checksum", h.bucket, h.key, h.checksum.algorithm);
+                }
+                return Ok(());
+            }
+            Metrics::add(&self.metrics.verify_failures, 1);
+            tracing::warn!(
+                "s3://{}/{} (ETag {}) bytes {}-{} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them",
+                h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1), h.checksum.algorithm
+            );
+            for b in blocks_of(obj, &unit) {
+                obj.drop_block(b);
+            }
+        }
+        obj.set_unit_failed(u);
+        Err(failed())
+    }
+
+    /// The checksum of the unit's bytes, loading missing blocks first. `None` if a block
+    /// vanished in between (the caller then counts it as a mismatch and refetches).
+    async fn unit_checksum(&self, obj: &Arc<CachedObject>, unit: &Range<u64>) -> Result<Option<Vec<u8>>, FetchError> {
+        let h = obj.header();
+        let bs = h.block_size as u64;
+        let blocks: Vec<u64> = blocks_of(obj, unit).collect();
+        // Load every missing block at once (the fetcher bounds how many GETs run). A load answers
+        // before its block is claimed in the index, so CRCs of loaded blocks come from their
+        // bytes, and those of blocks already present from their index records.
+        let loads: Vec<_> = blocks
+            .iter()
+            .filter(|&&b| !obj.is_present(b))
+            .map(|&b| {
+                let (f, o) = (self.fetcher.clone(), obj.clone());
+                let alg = h.checksum.algorithm;
+                (b, tokio::spawn(async move { f.load(&o, b).await.map(|bytes| block_crc(alg, &bytes)) }))
+            })
+            .collect();
+        let mut loaded = HashMap::new();
+        for (b, l) in loads {
+            let crc = l.await.map_err(|e| FetchError::Failed(format!("load task: {e}")))??;
+            loaded.insert(b, crc);
+        }
+        let aligned = unit.start % bs == 0 && (unit.end % bs == 0 || unit.end == h.object_size);
+        if h.checksum.algorithm.crc().is_some() && aligned {
+            let pieces: Option<Vec<(u64, u64)>> = blocks
+                .iter()
+                .map(|&b| loaded.get(&b).copied().or_else(|| obj.block_crc(b)).map(|c| (c, h.block_len(b) as u64)))
+                .collect();
+            return Ok(pieces.and_then(|p| combine_crcs(h.checksum.algorithm, p)));
+        }
+        let mut hasher = UnitHasher::new(h.checksum.algorithm);
+        for &b in &blocks {
+            let block = self.fetcher.load(obj, b).await?;
+            let start = b * bs;
+            let lo = unit.start.max(start) - start;
+            let hi = unit.end.min(start + block.len() as u64) - start;
+            hasher.update(&block[lo as usize..hi as usize]);
+        }
+        Ok(Some(hasher.finish()))
+    }
+}
+
+/// Blocks overlapping a byte range.
+fn blocks_of(obj: &CachedObject, unit: &Range<u64>) -> impl Iterator<Item = u64> {
+    let bs = obj.header().block_size as u64;
+    let first = unit.start / bs;
+    let end = if unit.is_empty() { first } else { unit.end.div_ceil(bs) };
+    first..end
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cache::format::VerifyState;
+    use crate::io::EngineChoice;
+    use crate::object::memory::MemoryClient;
+    use crate::testing::{pattern, read_all, rig_with, small_blocks};
+
+    const ALGS: [Algorithm; 5] = [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64nvme, Algorithm::Sha1, Algorithm::Sha256];
+
+    fn strict() -> VerifyPolicy {
+        VerifyPolicy::default()
+    }
+
+    /// Every algorithm, full-object and composite, with parts on and off block edges: the bytes
+    /// come back right and the object ends Verified, persistently.
+    #[tokio::test]
+    async fn every_algorithm_and_layout_verifies_and_stays_verified() {
+        let mem = Arc::new(MemoryClient::new("b"));
+        let mut names = Vec::new();
+        for (i, alg) in ALGS.iter().enumerate() {
+            let body = pattern(4096 * 7 + 123, i as u8);
+            for (layout, part) in [("full", None), ("parts-aligned", Some(8192)), ("parts-unaligned", Some(5000))] {
+                if *alg >= Algorithm::Sha1 || part.is_some() || layout == "full" {
+                    let name = format!("{alg:?}-{layout}");
+                    mem.put_with_checksum(&name, body.clone(), *alg, part);
+                    names.push((name, body.clone()));
+                }
+            }
+        }
+        mem.put("md5-etag", pattern(9000, 99));
+        names.push(("md5-etag".into(), pattern(9000, 99)));
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+            for (name, body) in &names {
+                assert_eq!(&read_all(&r.fs, name).await.unwrap(), body, "{name}");
+            }
+            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 0);
+        }
+        let states = states(dir.path());
+        assert_eq!(states.len(), names.len());
+        assert!(states.iter().all(|s| *s == VerifyState::Verified), "{states:?}");
+    }
+
+    fn states(dir: &std::path::Path) -> Vec<VerifyState> {
+        let cache = crate::cache::CacheDir::open_read_only(dir).unwrap();
+        let (ids, _) = cache.scan().unwrap();
+        ids.iter()
+            .map(|id| crate::cache::index::ObjectIndex::read_snapshot(&cache.paths(id).1).unwrap().verify_state())
+            .collect()
+    }
+
+    /// Corrupt GET bodies: one bad answer is survived by a refetch; bad answers every time end in
+    /// EIO; wrong bytes are never returned.
+    #[tokio::test]
+    async fn corrupt_bodies_are_never_served() {
+        for alg in ALGS.into_iter().chain([Algorithm::Md5Etag]) {
+            let mem = Arc::new(MemoryClient::new("b"));
+            let body = pattern(4096 * 3 + 7, 5);
+            if alg == Algorithm::Md5Etag {
+                mem.put("o", body.clone());
+            } else {
+                mem.put_with_checksum("o", body.clone(), alg, None);
+            }
+            let bad = Arc::new(AtomicU32::new(1));
+            let b2 = bad.clone();
+            mem.corrupt_gets(move |_, v| {
+                if b2.load(Ordering::SeqCst) > 0 && v.len() > 100 {
+                    b2.fetch_sub(1, Ordering::SeqCst);
+                    v[100] ^= 0x40;
+                }
+            });
+            let dir = tempfile::tempdir().unwrap();
+            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body, "{alg:?}: one corrupt GET");
+            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 1, "{alg:?}");
+
+            let dir = tempfile::tempdir().unwrap();
+            bad.store(u32::MAX, Ordering::SeqCst);
+            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+            let err = read_all(&r.fs, "o").await.expect_err("every GET corrupt must fail");
+            assert_eq!(err.errno, libc::EIO, "{alg:?}");
+            assert!(err.message.contains("failed verification"), "{}", err.message);
+            assert_eq!(states(dir.path()), vec![VerifyState::Failed]);
+        }
+    }
+
+    #[tokio::test]
+    async fn unverifiable_objects_follow_the_policy() {
+        let mem = Arc::new(MemoryClient::new("b"));
+        let info = mem.put("multipart-etag", pattern(5000, 1));
+        // An ETag with a part count is no MD5 of the content, and there is no checksum.
+        mem.set_etag("multipart-etag", &format!("\"{}-3\"", info.etag.trim_matches('"')));
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+        assert_eq!(read_all(&r.fs, "multipart-etag").await.unwrap(), pattern(5000, 1));
+        drop(r);
+        assert_eq!(states(dir.path()), vec![VerifyState::Unverifiable]);
+        let dir = tempfile::tempdir().unwrap();
+        let policy = VerifyPolicy { require_checksum: true, ..strict() };
+        let r = rig_with(dir.path(), mem, EngineChoice::Psync, small_blocks(), policy);
+        assert_eq!(read_all(&r.fs, "multipart-etag").await.unwrap_err().errno, libc::EIO);
+    }
+
+    #[tokio::test]
+    async fn best_effort_serves_then_verifies_in_background() {
+        let mem = Arc::new(MemoryClient::new("b"));
+        let body = pattern(4096 * 4, 8);
+        mem.put_with_checksum("o", body.clone(), Algorithm::Crc64nvme, None);
+        let dir = tempfile::tempdir().unwrap();
+        let policy = VerifyPolicy { mode: VerifyMode::BestEffort, ..strict() };
+        let r = rig_with(dir.path(), mem, EngineChoice::Psync, small_blocks(), policy);
+        assert_eq!(read_all(&r.fs, "o").await.unwrap(), body);
+        for _ in 0..100 {
+            if states(dir.path()) == vec![VerifyState::Verified] {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("object never verified in the background: {:?}", states(dir.path()));
+    }
+}
