@@ -105,12 +105,28 @@ pub struct MountArgs {
     /// Most blocks fetched ahead of a sequential reader.
     #[arg(long, value_name = "N", default_value_t = PrefetchConfig::default().max_blocks)]
     pub prefetch_blocks: u64,
+    /// Let the kernel read complete, verified objects straight from the cache file (FUSE
+    /// passthrough, Linux 6.9+), so later epochs never enter the daemon. Falls back by itself.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub passthrough: OnOff,
+    /// Kernel read-ahead of the mount in KiB (the kernel's FUSE default is 128).
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    pub read_ahead_kb: u32,
     /// Threads reading FUSE requests from the kernel.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub fuse_threads: usize,
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// A switch with an explicit value, so scripts can say either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// `--verify-reads` values.
@@ -157,6 +173,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     config.max_concurrent_gets = args.max_concurrent_gets;
     config.prefetch = PrefetchConfig { max_blocks: args.prefetch_blocks };
     config.fuse_threads = args.fuse_threads;
+    config.passthrough = args.passthrough == OnOff::On;
+    config.read_ahead_kb = Some(args.read_ahead_kb);
     let handle = mount(config)?;
     if std::env::var_os(DAEMON_ENV).is_some() {
         announce_ready_and_detach(&args)?;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -144,6 +145,24 @@ impl HoardFs {
 
     /// Opens file `ino` read-only; returns the handle number.
     pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        Ok(self.open_with_passthrough(ino, write).await?.0)
+    }
+
+    /// Opens file `ino` and says whether the kernel may read the cache data file directly
+    /// (FUSE passthrough): the object is complete, verified against S3 (or S3 has no checksum and
+    /// the policy serves such objects), and every block's blake3 was checked in this mount, so
+    /// nothing the daemon would check is skipped.
+    pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<(PathBuf, std::fs::File)>), FsError> {
+        let fh = self.open_handle(ino, write).await?;
+        let handle = self.handles.lock().unwrap().get(&fh).cloned();
+        let backing = handle
+            .and_then(|h| h.obj.clone())
+            .filter(|obj| obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj))
+            .and_then(|obj| Some((obj.data_path().to_path_buf(), std::fs::File::open(obj.data_path()).ok()?)));
+        Ok((fh, backing))
+    }
+
+    async fn open_handle(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         if write {
             return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
         }

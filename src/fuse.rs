@@ -3,16 +3,21 @@
 //! No callback blocks its FUSE thread on disk or network: each one takes its `Reply*`, spawns the
 //! work, and the task replies when done, so parallel readers are served in parallel.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
 };
 
 use crate::fs::{Attr, HoardFs};
+use crate::metrics::Metrics;
 
 /// Owner shown for every file: the user who mounted.
 #[derive(Clone, Copy)]
@@ -44,19 +49,124 @@ impl Owner {
     }
 }
 
+/// One inode's backing file in the kernel: the kernel requires every passthrough handle of an
+/// inode to use the same backing id, so it is shared and closed with the last handle.
+struct Backing {
+    /// The cache data file it maps (a new object version is a new file).
+    path: PathBuf,
+    id: BackingId,
+    handles: usize,
+}
+
+/// Open flags of a passthrough reply: none. Measured on Linux 6.18: adding FOPEN_KEEP_CACHE
+/// makes the kernel fail the application's open(2) with EIO (the page cache is the backing
+/// file's anyway).
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::empty();
+
+/// Passthrough state shared by the adapter and its spawned open tasks.
+///
+/// Kernel rule (fs/fuse/iomode.c): a passthrough open fails while the inode has a *cached*
+/// (page-cache) open, and the kernel drops that open at close(2), while the daemon hears of it
+/// (RELEASE) only later. So with passthrough on, opens that stay in the daemon use
+/// FOPEN_DIRECT_IO, which neither blocks nor is blocked by passthrough; userspace never has to
+/// guess the kernel's counts.
+struct Passthrough {
+    /// Set by `init` when the kernel accepted FUSE_PASSTHROUGH; cleared if it later refuses.
+    enabled: AtomicBool,
+    backings: Mutex<HashMap<u64, Backing>>,
+    /// Handles answered with passthrough, and their inode.
+    handles: Mutex<HashMap<u64, u64>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Passthrough {
+    /// Replies to an open: passthrough when the file system offers the cache file and the kernel
+    /// takes it, otherwise a daemon-served open.
+    fn reply(&self, ino: u64, fh: u64, offer: Option<(PathBuf, std::fs::File)>, reply: ReplyOpen) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        let daemon = FopenFlags::FOPEN_DIRECT_IO;
+        let Some((path, file)) = offer else { return reply.opened(FileHandle(fh), daemon) };
+        let mut backings = self.backings.lock().unwrap();
+        match backings.get_mut(&ino) {
+            Some(b) if b.path == path => {
+                b.handles += 1;
+                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b.id);
+            }
+            // Another version of the object is still open through passthrough: serve this one
+            // from the daemon until those handles close.
+            Some(_) => return reply.opened(FileHandle(fh), daemon),
+            None => match reply.open_backing(&file) {
+                Ok(id) => {
+                    reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
+                    backings.insert(ino, Backing { path, id, handles: 1 });
+                }
+                Err(e) => {
+                    tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");
+                    self.enabled.store(false, Ordering::Relaxed);
+                    return reply.opened(FileHandle(fh), daemon);
+                }
+            },
+        }
+        Metrics::add(&self.metrics.passthrough_opens, 1);
+        self.handles.lock().unwrap().insert(fh, ino);
+    }
+
+    fn release(&self, fh: u64) {
+        let Some(ino) = self.handles.lock().unwrap().remove(&fh) else { return };
+        let mut backings = self.backings.lock().unwrap();
+        if let Some(b) = backings.get_mut(&ino) {
+            b.handles -= 1;
+            if b.handles == 0 {
+                backings.remove(&ino); // drops the BackingId, closing it in the kernel
+            }
+        }
+    }
+}
+
 /// The adapter; the TTL is how long the kernel may cache entries and attributes.
 pub struct FuseAdapter {
     fs: Arc<HoardFs>,
     rt: tokio::runtime::Handle,
     owner: Owner,
+    want_passthrough: bool,
+    /// FUSE stack depth of the cache file system (1, or 2 on overlayfs).
+    stack_depth: u32,
+    passthrough: Arc<Passthrough>,
 }
 
 impl FuseAdapter {
-    /// Wraps `fs`; work runs on `rt`.
-    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration) -> Self {
+    /// Wraps `fs`; work runs on `rt`. With `passthrough`, complete verified objects are handed
+    /// to the kernel if it supports FUSE passthrough (Linux 6.9+); `cache_dir` decides the stack
+    /// depth to ask for.
+    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: bool, cache_dir: &std::path::Path) -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Self { fs, rt, owner: Owner { uid, gid, ttl: attr_ttl } }
+        Self {
+            fs,
+            rt,
+            owner: Owner { uid, gid, ttl: attr_ttl },
+            want_passthrough: passthrough,
+            stack_depth: if on_overlayfs(cache_dir) { 2 } else { 1 },
+            passthrough: Arc::new(Passthrough {
+                enabled: AtomicBool::new(false),
+                backings: Mutex::default(),
+                handles: Mutex::default(),
+                metrics,
+            }),
+        }
+    }
+}
+
+/// Whether `path` lives on overlayfs (container root file systems), which adds a stacking level.
+fn on_overlayfs(path: &std::path::Path) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
     }
 }
 
@@ -65,6 +175,23 @@ fn errno(e: i32) -> Errno {
 }
 
 impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.want_passthrough {
+            let accepted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(self.stack_depth).is_ok();
+            self.passthrough.enabled.store(accepted, Ordering::Relaxed);
+            if accepted && config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_err() {
+                tracing::warn!("this kernel cannot mmap direct-I/O FUSE files; mmap works only on passthrough opens");
+            }
+            if accepted {
+                tracing::info!("FUSE passthrough enabled: complete, verified objects are read by the kernel directly");
+            } else {
+                tracing::warn!("this kernel does not offer FUSE passthrough (Linux 6.9+); every read goes through the daemon");
+            }
+        }
+        Ok(())
+    }
+
     fn destroy(&mut self) {
         self.fs.shutdown();
     }
@@ -89,10 +216,10 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let fs = self.fs.clone();
+        let (fs, passthrough) = (self.fs.clone(), self.passthrough.clone());
         self.rt.spawn(async move {
-            match fs.open(ino.0, write).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            match fs.open_with_passthrough(ino.0, write).await {
+                Ok((fh, backing)) => passthrough.reply(ino.0, fh, backing, reply),
                 Err(e) => reply.error(errno(e.errno)),
             }
         });
@@ -129,6 +256,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: fuser::ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.passthrough.release(fh.0);
         reply.ok();
     }
 

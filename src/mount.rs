@@ -52,6 +52,12 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     /// Checking against S3's checksums.
     pub verify: VerifyPolicy,
+    /// Hand complete, verified objects to the kernel (FUSE passthrough) when it supports it.
+    /// Default: true.
+    pub passthrough: bool,
+    /// Kernel read-ahead for the mount, in KiB, set after mounting (the kernel's FUSE default is
+    /// 128 KiB, which caps daemon-path reads at about 1.2 GB/s here). Default: 1024.
+    pub read_ahead_kb: Option<u32>,
 }
 
 impl MountConfig {
@@ -71,6 +77,8 @@ impl MountConfig {
             prefetch: PrefetchConfig::default(),
             fuse_threads: 2,
             verify: VerifyPolicy::default(),
+            passthrough: true,
+            read_ahead_kb: Some(1024),
         }
     }
 }
@@ -199,7 +207,7 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
     };
 
     let kernel_ttl = config.metadata_ttl.unwrap_or(INDEFINITE_KERNEL_TTL);
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl);
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), config.passthrough, &config.cache_dir);
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         MountOption::RO,
@@ -219,8 +227,22 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         what: format!("mounting FUSE at {} (is /dev/fuse present and are you root?)", config.mountpoint.display()),
         source,
     })?;
+    if let Some(kb) = config.read_ahead_kb {
+        if let Err(e) = set_read_ahead(&config.mountpoint, kb) {
+            tracing::warn!("could not raise the mount's read-ahead to {kb} KiB ({e}); sequential reads may be slower");
+        }
+    }
     tracing::info!("mounted s3://{}/{} at {}", config.s3.bucket, config.prefix, config.mountpoint.display());
     Ok(MountHandle { session: Some(session), fs, metrics, metrics_addr, mountpoint: config.mountpoint, runtime: Some(runtime) })
+}
+
+/// Writes the mount's backing-device read-ahead (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`). It
+/// has to happen after the mount is up: the kernel resets it when the session initialises.
+fn set_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    std::fs::write(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"), kb.to_string())
 }
 
 impl MountHandle {

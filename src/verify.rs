@@ -82,6 +82,12 @@ impl Verifier {
         self.check(obj, range, VerifyMode::Strict).await
     }
 
+    /// Whether every byte of `obj` may be served with no further check (it is verified, or S3
+    /// offers nothing and the policy serves such objects).
+    pub fn servable(&self, obj: &CachedObject) -> bool {
+        obj.is_verified() || (obj.header().checksum.algorithm == Algorithm::None && !self.policy.require_checksum)
+    }
+
     /// Called after bytes `range` of `obj` were served: in best-effort mode, starts background
     /// verification of the overlapping units that are now complete.
     pub async fn after_serve(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>) {

@@ -34,7 +34,8 @@ fn whole_and_random_reads_of_every_size() {
     for (key, want) in &objects {
         let meta = std::fs::metadata(mount.path(key)).unwrap();
         assert_eq!(meta.len(), want.len() as u64, "{key}: size");
-        assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+        let got = std::fs::read(mount.path(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_same(key, &got, want);
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for (key, want) in objects.iter().filter(|(_, v)| !v.is_empty()) {

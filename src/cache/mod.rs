@@ -36,6 +36,9 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 const FULL_BACKOFF: Duration = Duration::from_secs(30);
 /// Disk allocation unit assumed when accounting for space (what `du` would count).
 const DISK_UNIT: u64 = 4096;
+/// Entries kept open after their last handle closes, so a reopen finds its index mapped and its
+/// blocks' "checked in this mount" bits intact (needed before passthrough). Default: 4096.
+const WARM_ENTRIES: usize = 4096;
 
 /// How the cache behaves; plain fields with documented defaults.
 #[derive(Clone, Debug)]
@@ -104,6 +107,14 @@ impl CachedObject {
     /// Whether every block is present: the object can be handed to the kernel whole.
     pub fn is_complete(&self) -> bool {
         self.index.lock().unwrap().present_count() == self.block_count()
+    }
+
+    /// Whether every block's blake3 was checked in this mount: only then may the kernel read the
+    /// data file directly (passthrough), since the daemon no longer sees those reads.
+    pub fn all_checked(&self) -> bool {
+        let bits = self.checked.lock().unwrap();
+        let n = self.block_count();
+        (0..n).all(|b| bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
     }
 
     /// Whether block `b` is present.
@@ -209,8 +220,10 @@ fn now_secs() -> u64 {
 }
 
 struct State {
-    /// Entries in use; eviction skips any id whose weak reference still upgrades.
+    /// Entries in memory; eviction skips any that someone besides `warm` holds.
     open: HashMap<ObjectId, Weak<CachedObject>>,
+    /// The most recently used entries, kept alive.
+    warm: LruCache<ObjectId, Arc<CachedObject>>,
     /// Every entry on disk, least recently used first, with its accounted bytes.
     lru: LruCache<ObjectId, u64>,
     /// Sum of the accounted bytes.
@@ -274,7 +287,13 @@ impl BlockCache {
             io,
             metrics,
             config,
-            state: Mutex::new(State { open: HashMap::new(), lru, total, full_until: None }),
+            state: Mutex::new(State {
+                open: HashMap::new(),
+                warm: LruCache::new(std::num::NonZeroUsize::new(WARM_ENTRIES).unwrap()),
+                lru,
+                total,
+                full_until: None,
+            }),
         })
     }
 
@@ -305,6 +324,7 @@ impl BlockCache {
         let mut state = self.state.lock().unwrap();
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             state.lru.promote(&id);
+            state.warm.put(id, obj.clone());
             return Ok(Some(obj));
         }
         let (data_path, idx_path) = self.dir.paths(&id);
@@ -389,14 +409,22 @@ impl BlockCache {
         state.total = state.total - old + bytes;
         state.open.retain(|_, w| w.strong_count() > 0);
         state.open.insert(id, Arc::downgrade(&obj));
+        state.warm.put(id, obj.clone());
         Ok(obj)
     }
 
-    /// Deletes an entry's files and accounting (it must not be open).
+    /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
+    fn in_use(state: &State, id: &ObjectId) -> bool {
+        let warm = usize::from(state.warm.contains(id));
+        state.open.get(id).is_some_and(|w| w.strong_count() > warm)
+    }
+
+    /// Deletes an entry's files and accounting (it must not be in use).
     fn forget(&self, state: &mut State, id: ObjectId) {
         if let Some(bytes) = state.lru.pop(&id) {
             state.total -= bytes;
         }
+        state.warm.pop(&id);
         state.open.remove(&id);
         let (data, idx) = self.dir.paths(&id);
         // Index first: without it the data file is an orphan that the next scan deletes.
@@ -510,7 +538,7 @@ impl BlockCache {
                     .iter()
                     .rev()
                     .map(|(id, _)| *id)
-                    .find(|v| *v != id && state.open.get(v).is_none_or(|w| w.strong_count() == 0));
+                    .find(|v| *v != id && !Self::in_use(&state, v));
                 let Some(victim) = victim else { return false };
                 let bytes = state.lru.peek(&victim).copied().unwrap_or(0);
                 self.forget(&mut state, victim);

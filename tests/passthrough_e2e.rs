@@ -1,0 +1,73 @@
+//! FUSE passthrough: once an object is complete and verified (and its blocks were checked in
+//! this mount), opens hand the kernel the cache file and reads never reach the daemon.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn complete_verified_objects_are_read_by_the_kernel_directly() {
+    let server = S3Server::start();
+    let body = bytes(3, 5 * MIB + 11);
+    server.bucket("passthrough", &[("shard.tar", &body)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mount = TestMount::new(&server, "passthrough", &cache, tmp.path());
+
+    // First open: the daemon fetches, verifies and caches every block; mmap works on this
+    // daemon-served (direct I/O) open too.
+    let f = std::fs::File::open(mount.path("shard.tar")).unwrap();
+    // SAFETY: the mapped file is on a read-only mount; nothing can change it under the map.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    assert_same("epoch 1 through mmap, daemon path", &map[..], &body);
+    drop((map, f));
+    assert_eq!(mount.metric(|m| &m.passthrough_opens), 0);
+    let hits = mount.metric(|m| &m.cache_hit_blocks);
+
+    // Next open: passthrough. Reads (plain and at odd offsets) never reach the daemon.
+    drop_page_cache();
+    assert_same("epoch 2", &std::fs::read(mount.path("shard.tar")).unwrap(), &body);
+    let f = std::fs::File::open(mount.path("shard.tar")).unwrap();
+    let mut buf = vec![0u8; 3 * MIB];
+    f.read_exact_at(&mut buf, 777_777).unwrap();
+    assert_same("pread", &buf, &body[777_777..777_777 + 3 * MIB]);
+    // SAFETY: as above.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    assert_same("mmap, passthrough", &map[..], &body);
+    drop(map);
+    assert_eq!(mount.metric(|m| &m.passthrough_opens), 2);
+    assert_eq!(mount.metric(|m| &m.cache_hit_blocks), hits, "no read reached the daemon");
+    assert_eq!(mount.gets(), 6);
+    drop(f);
+    mount.unmount();
+
+    // After a remount the first open checks every block's blake3 through the daemon; only
+    // then does the kernel get the file.
+    let again = TestMount::new(&server, "passthrough", &cache, tmp.path());
+    assert_same("remount, first open", &std::fs::read(again.path("shard.tar")).unwrap(), &body);
+    assert_eq!(again.metric(|m| &m.passthrough_opens), 0);
+    assert_same("remount, second open", &std::fs::read(again.path("shard.tar")).unwrap(), &body);
+    assert_eq!(again.metric(|m| &m.passthrough_opens), 1);
+    assert_eq!(again.gets(), 0);
+}
+
+#[test]
+fn passthrough_can_be_turned_off() {
+    let server = S3Server::start();
+    let body = bytes(4, 2 * MIB);
+    server.bucket("no-passthrough", &[("a", &body)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::with(&server, "no-passthrough", &tmp.path().join("cache"), tmp.path(), |c| c.passthrough = false);
+    for _ in 0..3 {
+        assert_same("a", &std::fs::read(mount.path("a")).unwrap(), &body);
+    }
+    assert_eq!(mount.metric(|m| &m.passthrough_opens), 0);
+}
+
+fn drop_page_cache() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
