@@ -147,6 +147,18 @@ impl Fetcher {
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
         }
+        if info.size > 0 && info.size <= self.cache.block_size() as u64 {
+            // One block: one GET brings the bytes and the checksum, and the block is cached
+            // before the open returns (small objects are fetched whole at open).
+            let (body, checksum) = self.client.get_whole(&info.key, &info.etag).await?;
+            let obj = match self.cache.create(&bucket, info, checksum) {
+                Ok(obj) => obj,
+                Err(e) => return Ok(Err(e)),
+            };
+            let (hash, crc) = (block_hash(&body), block_crc(obj.header().checksum.algorithm, &body));
+            self.cache.write_block(&obj, 0, body, hash, crc).await;
+            return Ok(Ok(obj));
+        }
         let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
         Ok(self.cache.create(&bucket, info, checksum))
     }

@@ -86,6 +86,9 @@ impl Attr {
     }
 }
 
+/// Largest object whose blocks are checked at open rather than on first read. Default: 8 MiB.
+const CHECK_AT_OPEN_MAX: u64 = 8 << 20;
+
 /// Read-ahead tuning for sequential readers.
 #[derive(Clone, Copy, Debug)]
 pub struct PrefetchConfig {
@@ -132,6 +135,11 @@ impl HoardFs {
         Ok(Attr::of(&self.meta.lookup(parent, name).await?))
     }
 
+    /// The lookup's answer if it needs no request to S3 (the FUSE thread answers it at once).
+    pub fn try_lookup(&self, parent: u64, name: &str) -> Option<Result<Attr, FsError>> {
+        self.meta.lookup_cached(parent, name).map(|r| r.map(|n| Attr::of(&n)).map_err(FsError::from))
+    }
+
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         Ok(Attr::of(&self.meta.node(ino)?))
@@ -148,36 +156,74 @@ impl HoardFs {
         Ok(self.open_with_passthrough(ino, write).await?.0)
     }
 
+
     /// Opens file `ino` and says whether the kernel may read the cache data file directly
     /// (FUSE passthrough): the object is complete, verified against S3 (or S3 has no checksum and
     /// the policy serves such objects), and every block's blake3 was checked in this mount, so
     /// nothing the daemon would check is skipped.
-    pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<(PathBuf, std::fs::File)>), FsError> {
-        let fh = self.open_handle(ino, write).await?;
-        let handle = self.handles.lock().unwrap().get(&fh).cloned();
-        let backing = handle
-            .and_then(|h| h.obj.clone())
-            .filter(|obj| obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj))
-            .and_then(|obj| Some((obj.data_path().to_path_buf(), std::fs::File::open(obj.data_path()).ok()?)));
-        Ok((fh, backing))
-    }
-
-    async fn open_handle(&self, ino: u64, write: bool) -> Result<u64, FsError> {
-        if write {
-            return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
+    pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
+        if let Some(answer) = self.try_open(ino, write) {
+            return answer;
         }
         let info = self.meta.open_file(ino).await?;
-        let obj = match self.fetcher.entry(&info).await? {
+        let obj = self.fetcher.entry(&info).await?;
+        if let Ok(obj) = &obj {
+            if self.check_at_open(obj) {
+                for b in 0..obj.block_count() {
+                    if !obj.block_checked(b) {
+                        // A mismatch clears the block; the object is then not complete and is
+                        // served (and repaired) through the daemon.
+                        self.cache.read_verified(obj, b).await;
+                    }
+                }
+            }
+        }
+        Ok(self.register(ino, info, obj))
+    }
+
+    /// Whether to check a small, complete, verified object's blocks at open instead of on first
+    /// read: the same disk read, after which the kernel can read the file directly (this is what
+    /// makes the first epoch after a remount fast for small files).
+    fn check_at_open(&self, obj: &CachedObject) -> bool {
+        obj.header().object_size <= CHECK_AT_OPEN_MAX && obj.is_complete() && !obj.all_checked() && self.verifier.servable(obj)
+    }
+
+    /// The open's answer if it needs no request to S3: fresh metadata and an existing cache
+    /// entry (the FUSE thread answers it at once).
+    pub fn try_open(&self, ino: u64, write: bool) -> Option<Result<(u64, Option<PathBuf>), FsError>> {
+        if write {
+            return Some(Err(FsError::new(libc::EROFS, "hoardfs is read-only")));
+        }
+        let info = match self.meta.open_file_cached(ino)? {
+            Ok(info) => info,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let obj = match self.cache.open_existing(&self.bucket, &info) {
+            Ok(None) => return None,
+            Ok(Some(obj)) if self.check_at_open(&obj) => return None,
+            Ok(Some(obj)) => Ok(obj),
+            Err(e) => Err(e),
+        };
+        Some(Ok(self.register(ino, info, obj)))
+    }
+
+    /// Creates the handle and says whether its object may be read by the kernel directly.
+    fn register(&self, ino: u64, info: ObjectInfo, obj: Result<Arc<CachedObject>, crate::cache::CacheError>) -> (u64, Option<PathBuf>) {
+        let obj = match obj {
             Ok(obj) => Some(obj),
             Err(e) => {
                 tracing::warn!("cannot cache s3://{}/{}: {e}; reading it straight from S3", self.bucket, info.key);
                 None
             }
         };
+        let backing = obj
+            .as_ref()
+            .filter(|obj| obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj))
+            .map(|obj| obj.data_path().to_path_buf());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(OpenFile { ino, info, obj, seq: Mutex::new((0, 0)) });
         self.handles.lock().unwrap().insert(fh, handle);
-        Ok(fh)
+        (fh, backing)
     }
 
     /// Forgets handle `fh`.

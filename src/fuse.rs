@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lru::LruCache;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
@@ -58,6 +59,9 @@ struct Backing {
     handles: usize,
 }
 
+/// Idle backing files kept registered with the kernel. Default: 4096.
+const RETAINED_BACKINGS: usize = 4096;
+
 /// Open flags of a passthrough reply: none. Measured on Linux 6.18: adding FOPEN_KEEP_CACHE
 /// makes the kernel fail the application's open(2) with EIO (the page cache is the backing
 /// file's anyway).
@@ -73,7 +77,10 @@ const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::empty();
 struct Passthrough {
     /// Set by `init` when the kernel accepted FUSE_PASSTHROUGH; cleared if it later refuses.
     enabled: AtomicBool,
-    backings: Mutex<HashMap<u64, Backing>>,
+    /// Backing files by inode. Kept registered after the last handle closes (up to
+    /// [`RETAINED_BACKINGS`] idle ones), so the next epoch's open is one FUSE round trip with no
+    /// file open and no ioctl.
+    backings: Mutex<LruCache<u64, Backing>>,
     /// Handles answered with passthrough, and their inode.
     handles: Mutex<HashMap<u64, u64>>,
     metrics: Arc<Metrics>,
@@ -82,25 +89,37 @@ struct Passthrough {
 impl Passthrough {
     /// Replies to an open: passthrough when the file system offers the cache file and the kernel
     /// takes it, otherwise a daemon-served open.
-    fn reply(&self, ino: u64, fh: u64, offer: Option<(PathBuf, std::fs::File)>, reply: ReplyOpen) {
+    fn reply(&self, ino: u64, fh: u64, offer: Option<PathBuf>, reply: ReplyOpen) {
         if !self.enabled.load(Ordering::Relaxed) {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         }
         let daemon = FopenFlags::FOPEN_DIRECT_IO;
-        let Some((path, file)) = offer else { return reply.opened(FileHandle(fh), daemon) };
+        let Some(path) = offer else { return reply.opened(FileHandle(fh), daemon) };
         let mut backings = self.backings.lock().unwrap();
         match backings.get_mut(&ino) {
             Some(b) if b.path == path => {
                 b.handles += 1;
                 reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b.id);
             }
+            // A retained backing of an older version with no open handle: replace it below.
+            Some(b) if b.handles == 0 => {
+                backings.pop(&ino);
+                drop(backings);
+                return self.reply(ino, fh, Some(path), reply);
+            }
             // Another version of the object is still open through passthrough: serve this one
             // from the daemon until those handles close.
             Some(_) => return reply.opened(FileHandle(fh), daemon),
-            None => match reply.open_backing(&file) {
+            None => match std::fs::File::open(&path).and_then(|file| reply.open_backing(&file)) {
                 Ok(id) => {
                     reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
-                    backings.insert(ino, Backing { path, id, handles: 1 });
+                    if backings.len() >= RETAINED_BACKINGS {
+                        let idle = backings.iter().rev().find(|(_, b)| b.handles == 0).map(|(i, _)| *i);
+                        if let Some(idle) = idle {
+                            backings.pop(&idle);
+                        }
+                    }
+                    backings.push(ino, Backing { path, id, handles: 1 });
                 }
                 Err(e) => {
                     tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");
@@ -115,12 +134,8 @@ impl Passthrough {
 
     fn release(&self, fh: u64) {
         let Some(ino) = self.handles.lock().unwrap().remove(&fh) else { return };
-        let mut backings = self.backings.lock().unwrap();
-        if let Some(b) = backings.get_mut(&ino) {
-            b.handles -= 1;
-            if b.handles == 0 {
-                backings.remove(&ino); // drops the BackingId, closing it in the kernel
-            }
+        if let Some(b) = self.backings.lock().unwrap().peek_mut(&ino) {
+            b.handles -= 1; // kept registered while idle; evicted from the LRU when space is needed
         }
     }
 }
@@ -151,7 +166,7 @@ impl FuseAdapter {
             stack_depth: if on_overlayfs(cache_dir) { 2 } else { 1 },
             passthrough: Arc::new(Passthrough {
                 enabled: AtomicBool::new(false),
-                backings: Mutex::default(),
+                backings: Mutex::new(LruCache::unbounded()),
                 handles: Mutex::default(),
                 metrics,
             }),
@@ -198,7 +213,14 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str().map(str::to_owned) else { return reply.error(Errno::ENOENT) };
-        let (fs, owner) = (self.fs.clone(), self.owner);
+        let owner = self.owner;
+        // Known without S3: answer here, saving a hand-off per file on small-file epochs.
+        match self.fs.try_lookup(parent.0, &name) {
+            Some(Ok(a)) => return reply.entry(&owner.ttl, &owner.attr(&a), Generation(0)),
+            Some(Err(e)) => return reply.error(errno(e.errno)),
+            None => {}
+        }
+        let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&owner.ttl, &owner.attr(&a), Generation(0)),
@@ -216,6 +238,11 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match self.fs.try_open(ino.0, write) {
+            Some(Ok((fh, backing))) => return self.passthrough.reply(ino.0, fh, backing, reply),
+            Some(Err(e)) => return reply.error(errno(e.errno)),
+            None => {}
+        }
         let (fs, passthrough) = (self.fs.clone(), self.passthrough.clone());
         self.rt.spawn(async move {
             match fs.open_with_passthrough(ino.0, write).await {

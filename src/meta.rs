@@ -140,33 +140,10 @@ impl Meta {
     /// Looks `name` up in directory `parent`: from a fresh listing or cached answer if there is
     /// one, else with one HEAD and one single-key LIST sent together.
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Node, MetaError> {
-        if !valid_name(name) {
-            return Err(MetaError::NotFound);
+        if let Some(answer) = self.lookup_cached(parent, name) {
+            return answer;
         }
         let prefix = self.dir_prefix(parent)?;
-        {
-            let tables = self.tables.lock().unwrap();
-            if let Some(listing) = tables.listings.get(&parent).filter(|l| self.fresh(l.learned)) {
-                return listing
-                    .entries
-                    .iter()
-                    .find(|e| e.name == name)
-                    .map(|e| tables.nodes.get(&e.node.ino).cloned().unwrap_or_else(|| e.node.clone()))
-                    .ok_or(MetaError::NotFound);
-            }
-            if tables.negative.get(&(parent, name.to_string())).is_some_and(|t| self.fresh(*t)) {
-                return Err(MetaError::NotFound);
-            }
-            let key = format!("{prefix}{name}");
-            for is_dir in [true, false] {
-                let path = if is_dir { format!("{key}/") } else { key.clone() };
-                if let Some(node) = tables.by_path.get(&(is_dir, path)).and_then(|i| tables.nodes.get(i)) {
-                    if self.fresh(node.learned) {
-                        return Ok(node.clone());
-                    }
-                }
-            }
-        }
         let key = format!("{prefix}{name}");
         let dir_prefix = format!("{key}/");
         let (head, list) = tokio::join!(self.client.head(&key), self.client.list(&dir_prefix, None, Some(1)));
@@ -183,6 +160,41 @@ impl Meta {
             }
             Err(e) => Err(MetaError::S3(e)),
         }
+    }
+
+    /// The answer to a lookup if it is known without asking S3 (a fresh listing of the parent,
+    /// a fresh node, or a fresh negative entry); `None` if S3 must be asked. Never blocks.
+    pub fn lookup_cached(&self, parent: u64, name: &str) -> Option<Result<Node, MetaError>> {
+        if !valid_name(name) {
+            return Some(Err(MetaError::NotFound));
+        }
+        let prefix = match self.dir_prefix(parent) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let tables = self.tables.lock().unwrap();
+        if let Some(listing) = tables.listings.get(&parent).filter(|l| self.fresh(l.learned)) {
+            let found = listing.entries.binary_search_by(|e| e.name.as_str().cmp(name)).ok();
+            return Some(
+                found
+                    .map(|i| &listing.entries[i].node)
+                    .map(|n| tables.nodes.get(&n.ino).cloned().unwrap_or_else(|| n.clone()))
+                    .ok_or(MetaError::NotFound),
+            );
+        }
+        if tables.negative.get(&(parent, name.to_string())).is_some_and(|t| self.fresh(*t)) {
+            return Some(Err(MetaError::NotFound));
+        }
+        let key = format!("{prefix}{name}");
+        for is_dir in [true, false] {
+            let path = if is_dir { format!("{key}/") } else { key.clone() };
+            if let Some(node) = tables.by_path.get(&(is_dir, path)).and_then(|i| tables.nodes.get(i)) {
+                if self.fresh(node.learned) {
+                    return Some(Ok(node.clone()));
+                }
+            }
+        }
+        None
     }
 
     /// The entries of directory `ino`, from a fresh listing or a new paginated LIST.
@@ -241,11 +253,10 @@ impl Meta {
     /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
     /// (so an overwrite in S3 is picked up at the next open).
     pub async fn open_file(&self, ino: u64) -> Result<ObjectInfo, MetaError> {
-        let node = self.node(ino)?;
-        let NodeKind::File { info } = node.kind else { return Err(MetaError::NotFound) };
-        if self.fresh(node.learned) {
-            return Ok(info);
+        if let Some(answer) = self.open_file_cached(ino) {
+            return answer;
         }
+        let NodeKind::File { info } = self.node(ino)?.kind else { return Err(MetaError::NotFound) };
         let fresh = match self.client.head(&info.key).await {
             Ok(fresh) => fresh,
             Err(ObjectError::NotFound(_)) => return Err(MetaError::NotFound),
@@ -253,6 +264,19 @@ impl Meta {
         };
         Self::intern(&mut self.tables.lock().unwrap(), NodeKind::File { info: fresh.clone() });
         Ok(fresh)
+    }
+
+    /// The object behind file `ino` if its facts are fresh; `None` if S3 must be asked.
+    pub fn open_file_cached(&self, ino: u64) -> Option<Result<ObjectInfo, MetaError>> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        match node.kind {
+            NodeKind::File { info } if self.fresh(node.learned) => Some(Ok(info)),
+            NodeKind::File { .. } => None,
+            NodeKind::Dir { .. } => Some(Err(MetaError::NotFound)),
+        }
     }
 
     /// Marks a file's facts as stale, so the next open asks S3 again (after an If-Match failure).

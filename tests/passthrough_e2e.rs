@@ -45,14 +45,28 @@ fn complete_verified_objects_are_read_by_the_kernel_directly() {
     drop(f);
     mount.unmount();
 
-    // After a remount the first open checks every block's blake3 through the daemon; only
-    // then does the kernel get the file.
+    // After a remount every block's blake3 is checked once before the kernel gets the file:
+    // at open for objects up to 8 MiB (this one), so even the first open is passthrough.
     let again = TestMount::new(&server, "passthrough", &cache, tmp.path());
     assert_same("remount, first open", &std::fs::read(again.path("shard.tar")).unwrap(), &body);
-    assert_eq!(again.metric(|m| &m.passthrough_opens), 0);
-    assert_same("remount, second open", &std::fs::read(again.path("shard.tar")).unwrap(), &body);
     assert_eq!(again.metric(|m| &m.passthrough_opens), 1);
+    assert_eq!(again.metric(|m| &m.cache_hit_blocks), 6, "all six blocks were checked at open");
     assert_eq!(again.gets(), 0);
+    again.unmount();
+
+    // A larger object is checked on its first reads through the daemon instead.
+    let big = bytes(5, 9 * MIB);
+    server.bucket("passthrough-big", &[("big.bin", &big)]);
+    let cache = tmp.path().join("cache-big");
+    TestMount::new(&server, "passthrough-big", &cache, tmp.path()).unmount_after(|m| {
+        assert_same("fill", &std::fs::read(m.path("big.bin")).unwrap(), &big);
+    });
+    let m = TestMount::new(&server, "passthrough-big", &cache, tmp.path());
+    assert_same("remount, first open", &std::fs::read(m.path("big.bin")).unwrap(), &big);
+    assert_eq!(m.metric(|m| &m.passthrough_opens), 0);
+    assert_same("remount, second open", &std::fs::read(m.path("big.bin")).unwrap(), &big);
+    assert_eq!(m.metric(|m| &m.passthrough_opens), 1);
+    assert_eq!(m.gets(), 0);
 }
 
 #[test]

@@ -86,13 +86,13 @@ fn every_checksum_kind_is_verified_through_the_mount() {
     assert_eq!(again.gets(), 0);
 }
 
-/// Wraps the real client and flips a byte in GET bodies of chosen keys: `corrupt_first[key]`
-/// bodies are corrupted (negative: all of them).
+/// Wraps the real client and flips a byte in GET bodies: the first `flaky_left` bodies of
+/// `flaky_key`, and every body of `bad_keys`.
 struct Faulty {
     inner: S3Client,
     flaky_key: String,
     flaky_left: AtomicI64,
-    bad_key: String,
+    bad_keys: Vec<String>,
 }
 
 impl ObjectClient for Faulty {
@@ -109,19 +109,31 @@ impl ObjectClient for Faulty {
         self.inner.bucket()
     }
     fn get_range(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
-        let corrupt = key == self.bad_key || (key == self.flaky_key && self.flaky_left.fetch_sub(1, Ordering::SeqCst) > 0);
+        let corrupt = self.should_corrupt(key);
         let fut = self.inner.get_range(key, etag, range);
-        Box::pin(async move {
-            let body = fut.await?;
-            if !corrupt || body.is_empty() {
-                return Ok(body);
-            }
-            let mut v = body.to_vec();
-            let mid = v.len() / 2;
-            v[mid] ^= 0x01;
-            Ok(Bytes::from(v))
-        })
+        Box::pin(async move { Ok(flip_if(corrupt, fut.await?)) })
     }
+    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, hoardfs::checksum::ObjectChecksum), ObjectError>> {
+        let corrupt = self.should_corrupt(key);
+        let fut = self.inner.get_whole(key, etag);
+        Box::pin(async move { fut.await.map(|(b, c)| (flip_if(corrupt, b), c)) })
+    }
+}
+
+impl Faulty {
+    fn should_corrupt(&self, key: &str) -> bool {
+        self.bad_keys.iter().any(|k| k == key) || (key == self.flaky_key && self.flaky_left.fetch_sub(1, Ordering::SeqCst) > 0)
+    }
+}
+
+fn flip_if(corrupt: bool, body: Bytes) -> Bytes {
+    if !corrupt || body.is_empty() {
+        return body;
+    }
+    let mut v = body.to_vec();
+    let mid = v.len() / 2;
+    v[mid] ^= 0x01;
+    Bytes::from(v)
 }
 
 #[test]
@@ -131,9 +143,10 @@ fn corrupted_get_bodies_never_reach_a_reader() {
     let (rt, with) = uploader(&server, true);
     let flaky = bytes(1, 4 * MIB + 3);
     let bad = bytes(2, 2 * MIB);
+    let small_bad = bytes(3, 1000); // one block: fetched whole at open
     rt.block_on(async {
         with.create_bucket().bucket("faults").send().await.unwrap();
-        for (k, b) in [("flaky.bin", &flaky), ("bad.bin", &bad)] {
+        for (k, b) in [("flaky.bin", &flaky), ("bad.bin", &bad), ("small-bad.bin", &small_bad)] {
             with.put_object().bucket("faults").key(k).checksum_algorithm(A::Crc32C).body(b.clone().into()).send().await.unwrap();
         }
     });
@@ -142,13 +155,15 @@ fn corrupted_get_bodies_never_reach_a_reader() {
     std::fs::create_dir(&mp).unwrap();
     let runtime = hoardfs::mount::build_runtime().unwrap();
     let inner = runtime.block_on(S3Client::new(&server.config("faults")));
-    let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(2), bad_key: "bad.bin".into() });
+    let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(2), bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()] });
     let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, &tmp.path().join("cache"));
     let handle = hoardfs::mount::mount_with_client(config, client, runtime).unwrap();
 
     assert_same("flaky.bin after a clean refetch", &std::fs::read(mp.join("flaky.bin")).unwrap(), &flaky);
-    let err = std::fs::read(mp.join("bad.bin")).expect_err("every body corrupt: the read must fail");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    for bad in ["bad.bin", "small-bad.bin"] {
+        let err = std::fs::read(mp.join(bad)).expect_err("every body corrupt: the read must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{bad}");
+    }
     assert!(handle.metrics.verify_failures.load(Ordering::Relaxed) >= 3);
     handle.unmount().unwrap();
 }

@@ -186,6 +186,11 @@ impl CachedObject {
         &self.data
     }
 
+    /// Whether block `b`'s blake3 was checked in this mount.
+    pub fn block_checked(&self, b: u64) -> bool {
+        self.was_checked(b)
+    }
+
     fn was_checked(&self, b: u64) -> bool {
         self.checked.lock().unwrap()[(b / 64) as usize] & (1 << (b % 64)) != 0
     }
@@ -300,6 +305,11 @@ impl BlockCache {
     /// The cache directory.
     pub fn dir(&self) -> &CacheDir {
         &self.dir
+    }
+
+    /// Block size of new entries.
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
     }
 
     /// The I/O engine in use.

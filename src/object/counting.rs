@@ -60,6 +60,18 @@ impl ObjectClient for CountingClient {
         Box::pin(async move { self.tally(fut.await) })
     }
 
+    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>> {
+        Metrics::add(&self.metrics.s3_get_requests, 1);
+        let fut = self.inner.get_whole(key, etag);
+        Box::pin(async move {
+            let result = self.tally(fut.await);
+            if let Ok((body, _)) = &result {
+                Metrics::add(&self.metrics.s3_get_bytes, body.len() as u64);
+            }
+            result
+        })
+    }
+
     fn list(
         &self,
         prefix: &str,

@@ -126,6 +126,13 @@ impl ObjectClient for MemoryClient {
         Box::pin(async move { result })
     }
 
+    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, ObjectChecksum), ObjectError>> {
+        let size = self.objects.lock().unwrap().get(key).map(|(b, _)| b.len() as u64).unwrap_or(0);
+        let body = self.get_range(key, etag, 0..size);
+        let checksum = self.object_checksum(key, etag);
+        Box::pin(async move { Ok((body.await?, checksum.await?)) })
+    }
+
     fn list(
         &self,
         prefix: &str,

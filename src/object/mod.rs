@@ -86,6 +86,11 @@ pub trait ObjectClient: Send + Sync + 'static {
     /// Asked once per object version, when it is first cached; the answer is kept in the index.
     fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<crate::checksum::ObjectChecksum, ObjectError>>;
 
+    /// GetObject of the whole of `key` (at `etag`) with checksum mode: the bytes and what S3
+    /// offers to verify them against, in one request. Used for objects that fit in one block,
+    /// where a separate HeadObject would double the requests per file.
+    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>>;
+
     /// ListObjectsV2 with delimiter `/`.
     fn list(
         &self,

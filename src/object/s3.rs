@@ -145,6 +145,80 @@ where
     }
 }
 
+/// The checksum headers of a HeadObject or GetObject response, in hoardfs's order of
+/// preference: CRC64NVME, CRC32C, CRC32, SHA256, SHA1.
+struct ChecksumHeaders<'a> {
+    values: [Option<&'a str>; 5],
+    kind: Option<&'a S3ChecksumType>,
+    encrypted: bool,
+}
+
+/// Owned form of [`ChecksumHeaders`].
+struct OwnedChecksumHeaders {
+    values: [Option<String>; 5],
+    kind: Option<S3ChecksumType>,
+    encrypted: bool,
+}
+
+impl ChecksumHeaders<'_> {
+    fn to_owned(&self) -> OwnedChecksumHeaders {
+        OwnedChecksumHeaders { values: self.values.map(|v| v.map(str::to_owned)), kind: self.kind.cloned(), encrypted: self.encrypted }
+    }
+}
+
+impl OwnedChecksumHeaders {
+    fn borrowed(&self) -> ChecksumHeaders<'_> {
+        ChecksumHeaders { values: [0, 1, 2, 3, 4].map(|i| self.values[i].as_deref()), kind: self.kind.as_ref(), encrypted: self.encrypted }
+    }
+}
+
+/// Whether an object is encrypted in a way that makes its ETag something other than an MD5.
+fn encrypted(sse: Option<&ServerSideEncryption>, sse_c: Option<&str>) -> bool {
+    matches!(sse, Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)) || sse_c.is_some()
+}
+
+impl S3Client {
+    /// Turns checksum headers into what the object can be verified against: its additional
+    /// checksum (with the parts of a composite one), else its MD5 ETag, else nothing.
+    async fn resolve(&self, key: &str, etag: &str, headers: ChecksumHeaders<'_>) -> Result<ObjectChecksum, ObjectError> {
+        const ORDER: [Algorithm; 5] = [Algorithm::Crc64nvme, Algorithm::Crc32c, Algorithm::Crc32, Algorithm::Sha256, Algorithm::Sha1];
+        let found = ORDER.into_iter().zip(headers.values).find_map(|(a, v)| Some((a, v?.to_string())));
+        let Some((algorithm, value)) = found else {
+            return Ok(ObjectChecksum::from_md5_etag(etag, headers.encrypted));
+        };
+        let composite = headers.kind == Some(&S3ChecksumType::Composite) || value.contains('-');
+        let checksum = if !composite {
+            ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value, parts: vec![] }
+        } else {
+            match self.parts(key, algorithm).await? {
+                Some(parts) => ObjectChecksum { algorithm, kind: ChecksumType::Composite, value, parts },
+                None => {
+                    tracing::warn!(
+                        "s3://{}/{key} has a composite {algorithm:?} checksum but the server lists no part checksums; \
+                         it cannot be verified and is recorded as unverified",
+                        self.bucket
+                    );
+                    return Ok(ObjectChecksum::none());
+                }
+            }
+        };
+        if !checksum.well_formed() {
+            tracing::warn!(
+                "s3://{}/{key}: the server's {algorithm:?} checksum {:?} is malformed; recorded as unverified",
+                self.bucket, checksum.value
+            );
+            return Ok(ObjectChecksum::none());
+        }
+        if checksum.composite_consistent() == Some(false) {
+            tracing::warn!(
+                "s3://{}/{key}: composite checksum {} is not the checksum of its part checksums; verifying the parts",
+                self.bucket, checksum.value
+            );
+        }
+        Ok(checksum)
+    }
+}
+
 /// The Display of an error and each of its sources, deduplicated: the SDK nests the useful part
 /// ("Connection refused") several levels down, and its Debug output is unreadable to a user.
 fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -220,7 +294,7 @@ impl ObjectClient for S3Client {
         let etag = etag.to_string();
         Box::pin(async move {
             let what = format!("HeadObject s3://{}/{key}", self.bucket);
-            let head = self
+            let h = self
                 .client
                 .head_object()
                 .bucket(&self.bucket)
@@ -230,52 +304,47 @@ impl ObjectClient for S3Client {
                 .send()
                 .await
                 .map_err(|e| classify(&what, e))?;
-            let found = [
-                (Algorithm::Crc64nvme, head.checksum_crc64_nvme()),
-                (Algorithm::Crc32c, head.checksum_crc32_c()),
-                (Algorithm::Crc32, head.checksum_crc32()),
-                (Algorithm::Sha256, head.checksum_sha256()),
-                (Algorithm::Sha1, head.checksum_sha1()),
-            ]
-            .into_iter()
-            .find_map(|(a, v)| Some((a, v?.to_string())));
-            let Some((algorithm, value)) = found else {
-                let encrypted = matches!(
-                    head.server_side_encryption(),
-                    Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
-                ) || head.sse_customer_algorithm().is_some();
-                return Ok(ObjectChecksum::from_md5_etag(&etag, encrypted));
+            let headers = ChecksumHeaders {
+                values: [h.checksum_crc64_nvme(), h.checksum_crc32_c(), h.checksum_crc32(), h.checksum_sha256(), h.checksum_sha1()],
+                kind: h.checksum_type(),
+                encrypted: encrypted(h.server_side_encryption(), h.sse_customer_algorithm()),
             };
-            let composite = head.checksum_type() == Some(&S3ChecksumType::Composite) || value.contains('-');
-            let checksum = if !composite {
-                ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value, parts: vec![] }
-            } else {
-                match self.parts(&key, algorithm).await? {
-                    Some(parts) => ObjectChecksum { algorithm, kind: ChecksumType::Composite, value, parts },
-                    None => {
-                        tracing::warn!(
-                            "s3://{}/{key} has a composite {algorithm:?} checksum but the server lists no part checksums; \
-                             it cannot be verified and is recorded as unverified",
-                            self.bucket
-                        );
-                        return Ok(ObjectChecksum::none());
-                    }
-                }
+            self.resolve(&key, &etag, headers).await
+        })
+    }
+
+    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, ObjectChecksum), ObjectError>> {
+        let key = key.to_string();
+        let etag = etag.to_string();
+        Box::pin(async move {
+            let what = format!("GetObject s3://{}/{key}", self.bucket);
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .if_match(&etag)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| classify(&what, e))?;
+            let headers = ChecksumHeaders {
+                values: [out.checksum_crc64_nvme(), out.checksum_crc32_c(), out.checksum_crc32(), out.checksum_sha256(), out.checksum_sha1()],
+                kind: out.checksum_type(),
+                encrypted: encrypted(out.server_side_encryption(), out.sse_customer_algorithm()),
             };
-            if !checksum.well_formed() {
-                tracing::warn!(
-                    "s3://{}/{key}: the server's {algorithm:?} checksum {:?} is malformed; recorded as unverified",
-                    self.bucket, checksum.value
-                );
-                return Ok(ObjectChecksum::none());
-            }
-            if checksum.composite_consistent() == Some(false) {
-                tracing::warn!(
-                    "s3://{}/{key}: composite checksum {} is not the checksum of its part checksums; verifying the parts",
-                    self.bucket, checksum.value
-                );
-            }
-            Ok(checksum)
+            let expected_len = out.content_length().unwrap_or(0).max(0) as u64;
+            // Owned copies, so the body can be consumed after the headers are read.
+            let headers = headers.to_owned();
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| ObjectError::Other(format!("{what}: body: {}", source_chain(&e))))?
+                .into_bytes();
+            check_body_len(&(0..expected_len), &body)?;
+            let checksum = self.resolve(&key, &etag, headers.borrowed()).await?;
+            Ok((body, checksum))
         })
     }
 

@@ -150,6 +150,12 @@ impl TestMount {
         f(&self.handle.as_ref().unwrap().metrics).load(Ordering::Relaxed)
     }
 
+    /// Runs `f` on the mount, then unmounts.
+    pub fn unmount_after(self, f: impl FnOnce(&Self)) {
+        f(&self);
+        self.unmount();
+    }
+
     pub fn unmount(mut self) {
         self.handle.take().unwrap().unmount().expect("unmount");
     }

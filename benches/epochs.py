@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Epoch benchmark: hoardfs against the physical limits and its peers, on one machine, in one run.
+
+    benches/run.sh                    # defaults below; HOARDFS_BENCH_DEPS=1 also installs rclone, s3fs, fio
+
+Starts the local S3 server (moto) on 127.0.0.1, uploads two datasets, and for each system runs
+epoch 1 (cold), epoch 2 (warm, page cache dropped) and, after a remount, epoch 3; each epoch
+reads every file once with 8 parallel readers in a fresh shuffled order. Baselines measured in the
+same run: raw reads of the same bytes from the cache's file system (the disk limit) and direct
+ranged GETs from the same server (the network limit). Warm epochs are repeated and the median
+reported. Prints MB/s, files/s, data GETs, daemon CPU seconds and peak RSS, and ratios.
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import boto3
+from botocore.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READERS = 8
+CHUNK = 1 << 20
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def drop_page_cache():
+    subprocess.run(["sync"])
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    except OSError:
+        print("warning: cannot drop the page cache (not root); warm numbers include it", file=sys.stderr)
+
+
+def read_file(path):
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(CHUNK)
+            if not b:
+                return n
+            n += len(b)
+
+
+def epoch(paths, seed):
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(READERS) as ex:
+        total = sum(ex.map(read_file, order))
+    dt = time.perf_counter() - t
+    return {"seconds": dt, "bytes": total, "files": len(order), "mbps": total / 1e6 / dt, "files_per_s": len(order) / dt}
+
+
+def proc_stats(pid):
+    """CPU seconds and peak RSS (MiB) of a process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{pid}/status") as f:
+            hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
+        return cpu, hwm / 1024
+    except (OSError, StopIteration):
+        return float("nan"), float("nan")
+
+
+class Moto:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "moto.log"), "w"))
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, config=Config(max_pool_connections=32))
+        for _ in range(300):
+            try:
+                self.s3.list_buckets()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise SystemExit("moto did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def upload(s3, bucket, files):
+    s3.create_bucket(Bucket=bucket)
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), files.items()))
+
+
+def hoardfs_gets(addr):
+    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    return next(int(l.split()[1]) for l in text.splitlines() if l.startswith("hoardfs_s3_get_requests_total"))
+
+
+class Hoardfs:
+    name = "hoardfs"
+
+    def __init__(self, moto, bucket, mnt, cache):
+        self.moto, self.bucket, self.mnt, self.cache = moto, bucket, mnt, cache
+        self.metrics = f"127.0.0.1:{free_port()}"
+
+    def mount(self):
+        subprocess.run([os.path.join(ROOT, "target/release/hoardfs"), "mount", f"s3://{self.bucket}", self.mnt,
+                        "--cache-dir", self.cache, "--endpoint-url", self.moto.endpoint, "--force-path-style",
+                        "--metrics-addr", self.metrics], check=True, stderr=subprocess.DEVNULL)
+        self.pid = int(open(os.path.join(self.cache, "lock")).read())
+
+    def gets(self):
+        return hoardfs_gets(self.metrics)
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{self.pid}"):
+                return
+            time.sleep(0.05)
+
+
+class Rclone:
+    name = "rclone vfs full"
+
+    def __init__(self, moto, bucket, mnt, cache):
+        self.moto, self.bucket, self.mnt, self.cache = moto, bucket, mnt, cache
+
+    def mount(self):
+        env = dict(os.environ, RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+                   RCLONE_CONFIG_BENCH_ENDPOINT=self.moto.endpoint, RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="bench",
+                   RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="bench", RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
+        self.proc = subprocess.Popen(["rclone", "mount", f"bench:{self.bucket}", self.mnt, "--read-only",
+                                      "--vfs-cache-mode", "full", "--cache-dir", self.cache],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_mounted(self.mnt)
+
+    def gets(self):
+        return None
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", self.mnt])
+        self.proc.wait()
+
+
+class S3fs:
+    name = "s3fs use_cache"
+
+    def __init__(self, moto, bucket, mnt, cache):
+        self.moto, self.bucket, self.mnt, self.cache = moto, bucket, mnt, cache
+
+    def mount(self):
+        pw = os.path.join(os.path.dirname(self.cache), "s3fs.passwd")
+        with open(pw, "w") as f:
+            f.write("bench:bench\n")
+        os.chmod(pw, 0o600)
+        self.proc = subprocess.Popen(["s3fs", self.bucket, self.mnt, "-f", "-o", f"url={self.moto.endpoint}",
+                                      "-o", "use_path_request_style", "-o", f"passwd_file={pw}", "-o", "ro",
+                                      "-o", f"use_cache={self.cache}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        wait_mounted(self.mnt)
+
+    def gets(self):
+        return None
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", self.mnt])
+        self.proc.wait()
+
+
+def wait_mounted(mnt):
+    for _ in range(200):
+        if os.path.ismount(mnt):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{mnt} did not mount")
+
+
+def files_under(root):
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+
+
+def run_system(cls, moto, bucket, work, repeat):
+    mnt = os.path.join(work, f"mnt-{cls.__name__}")
+    cache = os.path.join(work, f"cache-{cls.__name__}-{bucket}")
+    os.makedirs(mnt, exist_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    os.makedirs(cache)
+    sys_ = cls(moto, bucket, mnt, cache)
+    sys_.mount()
+    paths = files_under(mnt)
+    out = {}
+    drop_page_cache()
+    g0 = sys_.gets()
+    out["epoch 1 (cold)"] = epoch(paths, 1)
+    out["epoch 1 (cold)"]["gets"] = None if g0 is None else sys_.gets() - g0
+    warm = []
+    for r in range(repeat):
+        drop_page_cache()
+        g0 = sys_.gets()
+        e = epoch(paths, 2 + r)
+        e["gets"] = None if g0 is None else sys_.gets() - g0
+        warm.append(e)
+    out["epoch 2 (warm)"] = median_of(warm)
+    cpu, rss = proc_stats(sys_.pid)
+    sys_.unmount()
+    # Epoch 3 is the first epoch of a new mount of the same cache: each repeat remounts.
+    remount = []
+    for r in range(repeat):
+        sys_.mount()
+        paths = files_under(mnt)
+        drop_page_cache()
+        g0 = sys_.gets()
+        e = epoch(paths, 10 + r)
+        e["gets"] = None if g0 is None else sys_.gets() - g0
+        remount.append(e)
+        c, m = proc_stats(sys_.pid)
+        cpu, rss = cpu + c, max(rss, m)
+        sys_.unmount()
+    out["epoch 3 (remount)"] = median_of(remount)
+    out["cpu_s"] = cpu
+    out["peak_rss_mib"] = rss
+    return out
+
+
+def median_of(runs):
+    m = sorted(runs, key=lambda e: e["mbps"])[len(runs) // 2]
+    return dict(m, runs=[round(e["mbps"], 1) for e in runs])
+
+
+def raw_disk(files, where, repeat):
+    d = os.path.join(where, "raw-baseline")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    paths = []
+    for i, (k, v) in enumerate(files.items()):
+        p = os.path.join(d, f"{i:06d}")
+        with open(p, "wb") as f:
+            f.write(v)
+        paths.append(p)
+    runs = []
+    for r in range(repeat):
+        drop_page_cache()
+        runs.append(epoch(paths, 20 + r))
+    shutil.rmtree(d)
+    return median_of(runs)
+
+
+def direct_gets(moto, bucket, files, repeat):
+    keys = list(files)
+    s3 = moto.s3
+
+    def get(key):
+        size = len(files[key])
+        n = 0
+        for start in range(0, max(size, 1), CHUNK):
+            end = min(size, start + CHUNK) - 1
+            if end < start:
+                break
+            n += len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"].read())
+        return n
+
+    runs = []
+    for r in range(repeat):
+        random.Random(30 + r).shuffle(keys)
+        t = time.perf_counter()
+        with cf.ThreadPoolExecutor(READERS) as ex:
+            total = sum(ex.map(get, keys))
+        dt = time.perf_counter() - t
+        runs.append({"seconds": dt, "bytes": total, "files": len(keys), "mbps": total / 1e6 / dt, "files_per_s": len(keys) / dt})
+    return median_of(runs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=int, default=int(os.environ.get("BENCH_SHARDS", 4)))
+    ap.add_argument("--shard-mib", type=int, default=int(os.environ.get("BENCH_SHARD_MIB", 64)))
+    ap.add_argument("--small-files", type=int, default=int(os.environ.get("BENCH_SMALL_FILES", 2000)))
+    ap.add_argument("--small-kib", type=int, default=int(os.environ.get("BENCH_SMALL_KIB", 128)))
+    ap.add_argument("--repeat", type=int, default=3, help="warm and baseline runs; the median is reported")
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-bench"))
+    ap.add_argument("--json", help="also write results here")
+    args = ap.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_REGION", "us-east-1")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.makedirs(args.work, exist_ok=True)
+    moto = Moto(args.work)
+    try:
+        datasets = {
+            "large": {f"shard-{i:03d}.tar": os.urandom(args.shard_mib << 20) for i in range(args.shards)},
+            "small": {f"class-{i % 100:03d}/img-{i:06d}.jpg": os.urandom(args.small_kib << 10) for i in range(args.small_files)},
+        }
+        systems = [Hoardfs] + [c for c, b in ((Rclone, "rclone"), (S3fs, "s3fs")) if shutil.which(b)]
+        results = {}
+        for name, files in datasets.items():
+            bucket = f"bench-{name}"
+            upload(moto.s3, bucket, files)
+            res = {"raw disk": raw_disk(files, args.work, args.repeat),
+                   "direct ranged GETs": direct_gets(moto, bucket, files, args.repeat)}
+            for cls in systems:
+                res[cls.name] = run_system(cls, moto, bucket, args.work, args.repeat)
+            results[name] = res
+        report(results, args, systems)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+    finally:
+        moto.stop()
+
+
+def report(results, args, systems):
+    cpu = subprocess.run(["sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; uname -r"],
+                         capture_output=True, text=True).stdout.split("\n")
+    print(f"\nmachine: {cpu[0]} vCPU,{cpu[1]}, kernel {cpu[2]}; server: moto on 127.0.0.1; {READERS} readers; "
+          f"median of {args.repeat} for warm and baseline rows")
+    for name, res in results.items():
+        unit = "files/s" if name == "small" else "MB/s"
+        key = "files_per_s" if name == "small" else "mbps"
+        disk, net = res["raw disk"][key], res["direct ranged GETs"][key]
+        print(f"\n{name} dataset ({'%d x %d KiB' % (args.small_files, args.small_kib) if name == 'small' else '%d x %d MiB' % (args.shards, args.shard_mib)})")
+        print(f"  {'system':18} {'epoch':18} {unit:>9} {'MB/s':>8} {'GETs':>6} {'x disk':>7} {'x net':>6}")
+        print(f"  {'raw disk':18} {'-':18} {disk:9.0f} {res['raw disk']['mbps']:8.0f} {'':>6} {1:7.2f} {'':>6}")
+        print(f"  {'direct GETs':18} {'-':18} {net:9.0f} {res['direct ranged GETs']['mbps']:8.0f} {'':>6} {'':>7} {1:6.2f}")
+        for cls in systems:
+            r = res[cls.name]
+            for ep in ("epoch 1 (cold)", "epoch 2 (warm)", "epoch 3 (remount)"):
+                e = r[ep]
+                gets = "-" if e.get("gets") is None else str(e["gets"])
+                print(f"  {cls.name:18} {ep:18} {e[key]:9.0f} {e['mbps']:8.0f} {gets:>6} {e[key] / disk:7.2f} {e[key] / net:6.2f}")
+            print(f"  {cls.name:18} daemon CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
