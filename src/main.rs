@@ -1,7 +1,7 @@
 //! The `hoardfs` binary: parse flags, set up logging, run, report errors plainly.
 
 use clap::Parser;
-use hoardfs::cli::{run_mount, Cli, Commands};
+use hoardfs::cli::{run, Cli};
 
 fn main() {
     let cli = Cli::parse();
@@ -13,11 +13,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let result = match cli.command {
-        Commands::Mount(args) => run_mount(args),
-    };
-    if let Err(e) = result {
-        eprintln!("hoardfs: error: {e:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(true) => {}
+        // The command ran and found a problem it reported (corrupt blocks, failed objects).
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("hoardfs: error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

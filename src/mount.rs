@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, MountOption, SessionACL};
 
+use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
 use crate::cache::{BlockCache, CacheConfig, CacheDir, CacheDirError};
 use crate::fetch::Fetcher;
 use crate::fs::{HoardFs, PrefetchConfig};
@@ -136,6 +137,8 @@ pub struct MountHandle {
     /// Where `/metrics` is served, if asked.
     pub metrics_addr: Option<SocketAddr>,
     mountpoint: PathBuf,
+    cache_dir: PathBuf,
+    record: MountRecord,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -206,6 +209,19 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         None => None,
     };
 
+    let record = MountRecord {
+        pid: std::process::id(),
+        source: format!("s3://{}/{}", config.s3.bucket, config.prefix),
+        mountpoint: config.mountpoint.display().to_string(),
+        metrics_addr: metrics_addr.map(|a| a.to_string()),
+        max_cache_size: config.cache.max_size,
+        started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        counters: vec![],
+    };
+    if let Err(e) = record.write(&config.cache_dir.join(MOUNT_RECORD)) {
+        tracing::warn!("could not write {MOUNT_RECORD} in the cache dir ({e}); `hoardfs cache stat` will not see this mount");
+    }
+
     let kernel_ttl = config.metadata_ttl.unwrap_or(INDEFINITE_KERNEL_TTL);
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), config.passthrough, &config.cache_dir);
     let mut fuse_config = fuser::Config::default();
@@ -233,7 +249,16 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         }
     }
     tracing::info!("mounted s3://{}/{} at {}", config.s3.bucket, config.prefix, config.mountpoint.display());
-    Ok(MountHandle { session: Some(session), fs, metrics, metrics_addr, mountpoint: config.mountpoint, runtime: Some(runtime) })
+    Ok(MountHandle {
+        session: Some(session),
+        fs,
+        metrics,
+        metrics_addr,
+        mountpoint: config.mountpoint,
+        cache_dir: config.cache_dir,
+        record,
+        runtime: Some(runtime),
+    })
 }
 
 /// Writes the mount's backing-device read-ahead (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`). It
@@ -290,8 +315,13 @@ impl MountHandle {
         self.fs.shutdown();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
+            // Final counters for `hoardfs cache stat`; written once, when the session ends.
+            let mut last = self.record.clone();
+            last.counters = self.metrics.snapshot().into_iter().map(|(n, _, v)| (n.to_string(), v)).collect();
+            let _ = last.write(&self.cache_dir.join(LAST_MOUNT_RECORD));
+            let _ = std::fs::remove_file(self.cache_dir.join(MOUNT_RECORD));
+            tracing::info!("unmounted {}", self.mountpoint.display());
         }
-        tracing::info!("unmounted {}", self.mountpoint.display());
         result
     }
 }

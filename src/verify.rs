@@ -88,6 +88,24 @@ impl Verifier {
         obj.is_verified() || (obj.header().checksum.algorithm == Algorithm::None && !self.policy.require_checksum)
     }
 
+    /// Whether bytes `range` of `obj` may be returned now: in strict mode, every unit they touch
+    /// is verified (a block dropped during the read un-verifies its units, and the read must
+    /// then be redone); in best-effort mode, always.
+    pub fn covers(&self, obj: &CachedObject, range: Range<u64>) -> bool {
+        if self.policy.mode != VerifyMode::Strict || obj.is_verified() {
+            return true;
+        }
+        let h = obj.header();
+        if h.checksum.algorithm == Algorithm::None {
+            return !self.policy.require_checksum;
+        }
+        h.checksum
+            .units(h.object_size)
+            .iter()
+            .enumerate()
+            .all(|(u, unit)| unit.end <= range.start || unit.start >= range.end.max(range.start + 1) || obj.unit_verified(u))
+    }
+
     /// Called after bytes `range` of `obj` were served: in best-effort mode, starts background
     /// verification of the overlapping units that are now complete.
     pub async fn after_serve(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>) {
@@ -334,6 +352,42 @@ mod tests {
             assert!(err.message.contains("failed verification"), "{}", err.message);
             assert_eq!(states(dir.path()), vec![VerifyState::Failed]);
         }
+    }
+
+    /// A verified object whose block rots on disk is refetched, and the refetched bytes are
+    /// checked against S3's checksum again: a corrupt refetch is refused, not trusted.
+    #[tokio::test]
+    async fn refetch_after_disk_corruption_is_verified_again() {
+        let mem = Arc::new(MemoryClient::new("b"));
+        let body = pattern(4096 * 3, 6);
+        mem.put_with_checksum("o", body.clone(), Algorithm::Crc32c, None);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body);
+        }
+        assert_eq!(states(dir.path()), vec![VerifyState::Verified]);
+        let data = walk(dir.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "data")).unwrap();
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[5000] ^= 1;
+        std::fs::write(&data, bytes).unwrap();
+        mem.corrupt_gets(|_, v| v[0] ^= 1);
+        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+        let err = read_all(&r.fs, "o").await.expect_err("a corrupt refetch must not be served");
+        assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
+        assert_eq!(err.errno, libc::EIO);
+    }
+
+    fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(root).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
     }
 
     #[tokio::test]

@@ -175,10 +175,28 @@ impl CachedObject {
         index.is_present(b).then(|| index.block_crc(b))
     }
 
-    /// Clears block `b` (its bytes failed a check), so the next read fetches it again.
+    /// Clears block `b` (its bytes failed a check), so the next read fetches it again. The units
+    /// containing it lose their verified status: the refetched bytes are checked against S3's
+    /// checksum again before they are served.
     pub fn drop_block(&self, b: u64) {
         self.index.lock().unwrap().clear(b);
         self.set_checked(b, false);
+        let bs = self.header.block_size as u64;
+        let block = b * bs..(b * bs + self.header.block_len(b) as u64);
+        self.verified.store(false, Ordering::Release);
+        {
+            let mut verified = self.units_verified.lock().unwrap();
+            for (u, unit) in self.header.checksum.units(self.header.object_size).iter().enumerate() {
+                if unit.start < block.end && block.start < unit.end.max(unit.start + 1) {
+                    verified[u] = false;
+                }
+            }
+        }
+        // Locks are taken one at a time (set_unit_verified takes units, then index).
+        let mut index = self.index.lock().unwrap();
+        if index.verify_state() == VerifyState::Verified {
+            index.set_verify_state(VerifyState::Pending);
+        }
     }
 
     /// The data file, for reading a finished unit back to hash it.
@@ -423,6 +441,35 @@ impl BlockCache {
         Ok(obj)
     }
 
+    /// Deletes entry `id` unless it is in use; returns the bytes freed.
+    pub fn remove(&self, id: ObjectId) -> Option<u64> {
+        let mut state = self.state.lock().unwrap();
+        if Self::in_use(&state, &id) {
+            return None;
+        }
+        let bytes = state.lru.peek(&id).copied().unwrap_or(0);
+        self.forget(&mut state, id);
+        Some(bytes)
+    }
+
+    /// Ids of every entry on disk, least recently used first.
+    pub fn entry_ids(&self) -> Vec<ObjectId> {
+        self.state.lock().unwrap().lru.iter().rev().map(|(id, _)| *id).collect()
+    }
+
+    /// Opens entry `id` from its index (for maintenance commands that start from the disk).
+    pub fn open_id(&self, id: ObjectId) -> Result<Option<Arc<CachedObject>>, CacheError> {
+        let snap = ObjectIndex::read_snapshot(&self.dir.paths(&id).1)?;
+        let h = snap.header;
+        let info = ObjectInfo {
+            key: h.key.clone(),
+            size: h.object_size,
+            etag: h.etag.clone(),
+            last_modified: SystemTime::UNIX_EPOCH + Duration::from_millis(h.mtime_ms.max(0) as u64),
+        };
+        self.open_existing(&h.bucket, &info)
+    }
+
     /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
     fn in_use(state: &State, id: &ObjectId) -> bool {
         let warm = usize::from(state.warm.contains(id));
@@ -486,8 +533,7 @@ impl BlockCache {
                     "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
                     obj.header.bucket, obj.header.key
                 );
-                obj.index.lock().unwrap().clear(b);
-                obj.set_checked(b, false);
+                obj.drop_block(b);
                 None
             }
             Err(e) => {

@@ -243,6 +243,47 @@ impl CacheDir {
     }
 }
 
+/// Written by a mount when it starts (`mount.json`), so inspection tools can find its live
+/// counters; and with its final counters when it ends (`last-mount.json`). Not part of the
+/// cache format: losing either loses only statistics.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MountRecord {
+    /// Process id of the mount.
+    pub pid: u32,
+    /// `s3://bucket/prefix` mounted.
+    pub source: String,
+    /// Where.
+    pub mountpoint: String,
+    /// `--metrics-addr`, if given.
+    pub metrics_addr: Option<String>,
+    /// `--max-cache-size`, if given.
+    pub max_cache_size: Option<u64>,
+    /// Seconds since the epoch when it started.
+    pub started: u64,
+    /// Counters at unmount (only in `last-mount.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<(String, u64)>,
+}
+
+/// Name of the running mount's record.
+pub const MOUNT_RECORD: &str = "mount.json";
+/// Name of the last finished mount's record.
+pub const LAST_MOUNT_RECORD: &str = "last-mount.json";
+
+impl MountRecord {
+    /// Reads a record; `None` if absent or unreadable.
+    pub fn read(path: &Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    }
+
+    /// Writes a record atomically.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
 fn marker_text() -> String {
     format!(
         "hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {FORMAT_VERSION}\n"

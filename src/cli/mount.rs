@@ -1,19 +1,18 @@
-//! The command line: flags, help text, and turning errors into messages and exit codes.
-//! `anyhow` lives only here; the library's errors are typed.
+//! `hoardfs mount`: flags, the background daemon, and foreground Ctrl-C handling.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::Args;
 
+use super::{parse_s3_uri, OnOff, S3Args, VerifyReads};
 use crate::cache::CacheConfig;
 use crate::fs::PrefetchConfig;
 use crate::io::EngineChoice;
 use crate::mount::{mount, MountConfig};
-use crate::object::s3::S3Config;
 use crate::units::{parse_size, parse_ttl, Ttl};
 use crate::verify::{VerifyMode, VerifyPolicy};
 
@@ -21,25 +20,6 @@ use crate::verify::{VerifyMode, VerifyPolicy};
 const READY_LINE: &str = "hoardfs: mounted";
 /// Environment variable telling a re-executed child that a parent waits for [`READY_LINE`].
 const DAEMON_ENV: &str = "HOARDFS_DAEMON_CHILD";
-
-/// hoardfs: mount an S3 bucket read-only, with a persistent, verified block cache on local disk.
-///
-/// Epoch 1 of a training job streams from S3; later epochs, and later mounts of the same cache
-/// directory, read from local disk. Every cached block is checked with blake3 before use.
-#[derive(Parser, Debug)]
-#[command(name = "hoardfs", version, propagate_version = true)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Commands,
-}
-
-/// Subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Commands {
-    /// Mount s3://BUCKET[/PREFIX] at MOUNTPOINT (read-only).
-    Mount(MountArgs),
-}
 
 /// Flags of `hoardfs mount`.
 #[derive(Args, Debug)]
@@ -52,15 +32,9 @@ pub struct MountArgs {
     /// cached by an earlier mount is served without contacting S3 again.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: PathBuf,
-    /// S3-compatible endpoint, for example http://127.0.0.1:9000. Default: AWS.
-    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
-    /// AWS region. Default: from AWS_REGION or the profile (us-east-1 with --endpoint-url).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Address buckets as http://host/bucket/key (most local S3 servers need this).
-    #[arg(long)]
-    pub force_path_style: bool,
+    /// Where S3 is.
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Stay in the foreground; Ctrl-C unmounts. Without it, hoardfs returns once the mount is
     /// ready and keeps serving in the background (unmount with `fusermount3 -u MOUNTPOINT`).
     #[arg(long, short = 'f')]
@@ -120,38 +94,6 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// A switch with an explicit value, so scripts can say either.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnOff {
-    /// Enabled.
-    On,
-    /// Disabled.
-    Off,
-}
-
-/// `--verify-reads` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum VerifyReads {
-    /// The first read of each block in a mount.
-    First,
-    /// Every read.
-    Always,
-}
-
-/// Splits `s3://bucket/prefix` into bucket and prefix.
-pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
-    let Some(rest) = uri.strip_prefix("s3://") else {
-        bail!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX");
-    };
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if !valid {
-        bail!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'");
-    }
-    Ok((bucket.to_string(), prefix.to_string()))
-}
-
 /// Runs `hoardfs mount`.
 pub fn run_mount(args: MountArgs) -> Result<()> {
     let (bucket, prefix) = parse_s3_uri(&args.source)?;
@@ -162,7 +104,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return launch_daemon(&args);
     }
-    let s3 = S3Config { bucket, endpoint_url: args.endpoint_url.clone(), region: args.region.clone(), force_path_style: args.force_path_style };
+    let s3 = args.s3.config(bucket);
     let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
     config.cache = CacheConfig { block_size, max_size: args.max_cache_size, verify_every_read: args.verify_reads == VerifyReads::Always };
     config.verify = VerifyPolicy { mode: args.verify, require_checksum: args.require_checksum };
@@ -234,17 +176,4 @@ fn announce_ready_and_detach(args: &MountArgs) -> Result<()> {
         libc::dup2(log.as_raw_fd(), 2);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_uris() {
-        assert_eq!(parse_s3_uri("s3://my-bucket").unwrap(), ("my-bucket".into(), "".into()));
-        assert_eq!(parse_s3_uri("s3://my-bucket/a/b/").unwrap(), ("my-bucket".into(), "a/b/".into()));
-        assert!(parse_s3_uri("my-bucket").unwrap_err().to_string().contains("s3://BUCKET"));
-        assert!(parse_s3_uri("s3://Bad_Bucket").unwrap_err().to_string().contains("valid bucket name"));
-    }
 }

@@ -1,0 +1,109 @@
+//! The command line: flags, help text, and turning errors into messages and exit codes.
+//! `anyhow` lives only here; the library's errors are typed.
+
+mod cache;
+mod mount;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+pub use cache::CacheArgs;
+pub use mount::MountArgs;
+
+use crate::object::s3::S3Config;
+
+/// hoardfs: mount an S3 bucket read-only, with a persistent, verified block cache on local disk.
+///
+/// Epoch 1 of a training job streams from S3; later epochs, and later mounts of the same cache
+/// directory, read from local disk. Every cached block is checked with blake3 before use.
+#[derive(Parser, Debug)]
+#[command(name = "hoardfs", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Mount s3://BUCKET[/PREFIX] at MOUNTPOINT (read-only).
+    Mount(MountArgs),
+    /// Inspect and manage a cache directory: stat, ls, verify, evict, warm.
+    Cache(CacheArgs),
+}
+
+/// How to reach S3; shared by `mount` and `cache warm`.
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// S3-compatible endpoint, for example http://127.0.0.1:9000. Default: AWS.
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region. Default: from AWS_REGION or the profile (us-east-1 with --endpoint-url).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Address buckets as http://host/bucket/key (most local S3 servers need this).
+    #[arg(long)]
+    pub force_path_style: bool,
+}
+
+impl S3Args {
+    /// The client configuration for `bucket`.
+    pub fn config(&self, bucket: String) -> S3Config {
+        S3Config { bucket, endpoint_url: self.endpoint_url.clone(), region: self.region.clone(), force_path_style: self.force_path_style }
+    }
+}
+
+/// Runs a parsed command line; the error is printed by `main`. `Ok(false)` means the command
+/// ran but found a problem (for example `cache verify` found corrupt blocks): exit status 1.
+pub fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Commands::Mount(args) => mount::run_mount(args).map(|_| true),
+        Commands::Cache(args) => cache::run(args),
+    }
+}
+
+/// A switch with an explicit value, so scripts can say either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// `--verify-reads` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyReads {
+    /// The first read of each block in a mount.
+    First,
+    /// Every read.
+    Always,
+}
+
+/// Splits `s3://bucket/prefix` into bucket and prefix.
+pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
+    let Some(rest) = uri.strip_prefix("s3://") else {
+        bail!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX");
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !valid {
+        bail!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'");
+    }
+    Ok((bucket.to_string(), prefix.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_uris() {
+        assert_eq!(parse_s3_uri("s3://my-bucket").unwrap(), ("my-bucket".into(), "".into()));
+        assert_eq!(parse_s3_uri("s3://my-bucket/a/b/").unwrap(), ("my-bucket".into(), "a/b/".into()));
+        assert!(parse_s3_uri("my-bucket").unwrap_err().to_string().contains("s3://BUCKET"));
+        assert!(parse_s3_uri("s3://Bad_Bucket").unwrap_err().to_string().contains("valid bucket name"));
+    }
+}
