@@ -163,6 +163,14 @@ impl Fetcher {
         Ok(self.cache.create(&bucket, info, checksum))
     }
 
+    /// Waits until no load is in flight, so every fetched block is written and claimed: called
+    /// before a `cache warm` reports success and before a mount's runtime stops.
+    pub async fn drain(&self) {
+        while !self.inflight.lock().unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// A range straight from S3 without caching: the path of last resort when the cache cannot
     /// hold an entry for the object at all.
     pub async fn fetch_uncached(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> Result<Bytes, FetchError> {

@@ -308,7 +308,7 @@ impl HoardFs {
         let window = {
             let mut seq = handle.seq.lock().unwrap();
             let window = if range.start == seq.0 && range.start != 0 {
-                (seq.1 * 2).clamp(1, self.prefetch.max_blocks)
+                (seq.1 * 2).max(1).min(self.prefetch.max_blocks) // max 0 disables prefetch
             } else {
                 0
             };
@@ -320,7 +320,14 @@ impl HoardFs {
         }
     }
 
-    /// Flushes cache state; called at unmount.
+    /// Lets in-flight fetches finish writing (bounded by `timeout`) and flushes cache state;
+    /// called at unmount.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.fetcher.drain()).await;
+        self.cache.flush();
+    }
+
+    /// Flushes cache state; called when FUSE says the session is over.
     pub fn shutdown(&self) {
         self.cache.flush();
     }

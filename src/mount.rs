@@ -312,7 +312,9 @@ impl MountHandle {
             Some(session) => session.umount_and_join(),
             None => Ok(()),
         };
-        self.fs.shutdown();
+        if let Some(rt) = &self.runtime {
+            rt.block_on(self.fs.drain(Duration::from_secs(10)));
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
             // Final counters for `hoardfs cache stat`; written once, when the session ends.

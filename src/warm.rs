@@ -116,6 +116,7 @@ pub async fn warm(
         }
         progress.set_message(format!("{} objects left", queue.len() + tasks.len()));
     }
+    fetcher.drain().await;
     ticker.abort();
     report.bytes_fetched = metrics.s3_get_bytes.load(Ordering::Relaxed) - fetched_before;
     progress.finish_and_clear();
