@@ -6,6 +6,7 @@
 //! that fails in any way (I/O error, blake3 mismatch) is a *miss*, never an error to the reader:
 //! the fetcher gets the bytes from S3 again.
 
+mod entry;
 pub mod format;
 pub mod index;
 pub mod store;
@@ -13,8 +14,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 use format::{IndexHeader, Layout, VerifyState};
 use index::{IndexError, ObjectIndex};
+pub use entry::CachedObject;
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default
@@ -74,167 +75,7 @@ pub enum CacheError {
     },
 }
 
-/// One object version's cache entry, shared by every open handle and in-flight fetch of it.
-/// While any `Arc` to it lives, eviction leaves it alone.
-pub struct CachedObject {
-    /// The entry's id.
-    pub id: ObjectId,
-    header: IndexHeader,
-    index: Mutex<ObjectIndex>,
-    data: Arc<File>,
-    data_path: std::path::PathBuf,
-    /// Blocks whose blake3 was checked during this mount; the rest are checked on first read.
-    checked: Mutex<Vec<u64>>,
-    /// Fast path: the whole object matched S3's checksum (persisted as `VerifyState::Verified`).
-    verified: AtomicBool,
-    /// Per verification unit (part, or the whole object): matched in this mount.
-    units_verified: Mutex<Vec<bool>>,
-    /// Per unit: failed twice in this mount, so reads fail fast instead of refetching again.
-    units_failed: Mutex<Vec<bool>>,
-}
-
-impl CachedObject {
-    /// The immutable header (size, block size, identity).
-    pub fn header(&self) -> &IndexHeader {
-        &self.header
-    }
-
-    /// Number of blocks.
-    pub fn block_count(&self) -> u64 {
-        self.header.block_count()
-    }
-
-    /// Whether every block is present: the object can be handed to the kernel whole.
-    pub fn is_complete(&self) -> bool {
-        self.index.lock().unwrap().present_count() == self.block_count()
-    }
-
-    /// Whether every block's blake3 was checked in this mount: only then may the kernel read the
-    /// data file directly (passthrough), since the daemon no longer sees those reads.
-    pub fn all_checked(&self) -> bool {
-        let bits = self.checked.lock().unwrap();
-        let n = self.block_count();
-        (0..n).all(|b| bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
-    }
-
-    /// Whether block `b` is present.
-    pub fn is_present(&self, b: u64) -> bool {
-        self.index.lock().unwrap().is_present(b)
-    }
-
-    /// The data file's path (passthrough opens it directly).
-    pub fn data_path(&self) -> &Path {
-        &self.data_path
-    }
-
-    /// Whether every unit matched S3's checksum.
-    pub fn is_verified(&self) -> bool {
-        self.verified.load(Ordering::Acquire)
-    }
-
-    /// Whether unit `u` matched S3's checksum.
-    pub fn unit_verified(&self, u: usize) -> bool {
-        self.is_verified() || self.units_verified.lock().unwrap()[u]
-    }
-
-    /// Records that unit `u` matched; when all have, persists `Verified`.
-    pub fn set_unit_verified(&self, u: usize) {
-        let mut units = self.units_verified.lock().unwrap();
-        units[u] = true;
-        if units.iter().all(|v| *v) {
-            self.index.lock().unwrap().set_verify_state(VerifyState::Verified);
-            self.verified.store(true, Ordering::Release);
-        }
-    }
-
-    /// Whether unit `u` already failed verification twice in this mount.
-    pub fn unit_failed(&self, u: usize) -> bool {
-        self.units_failed.lock().unwrap()[u]
-    }
-
-    /// Records that unit `u` failed twice: persisted as `Failed` for the inspection tools, and
-    /// remembered for this mount so later reads fail fast.
-    pub fn set_unit_failed(&self, u: usize) {
-        self.units_failed.lock().unwrap()[u] = true;
-        self.set_verify_state(VerifyState::Failed);
-    }
-
-    /// Persists a verification state (Failed, Unverifiable).
-    pub fn set_verify_state(&self, state: VerifyState) {
-        self.index.lock().unwrap().set_verify_state(state);
-    }
-
-    /// The persisted verification state.
-    pub fn verify_state(&self) -> VerifyState {
-        self.index.lock().unwrap().verify_state()
-    }
-
-    /// Recorded CRC of block `b` (`None` if absent).
-    pub fn block_crc(&self, b: u64) -> Option<u64> {
-        let index = self.index.lock().unwrap();
-        index.is_present(b).then(|| index.block_crc(b))
-    }
-
-    /// Clears block `b` (its bytes failed a check), so the next read fetches it again. The units
-    /// containing it lose their verified status: the refetched bytes are checked against S3's
-    /// checksum again before they are served.
-    pub fn drop_block(&self, b: u64) {
-        self.index.lock().unwrap().clear(b);
-        self.set_checked(b, false);
-        let bs = self.header.block_size as u64;
-        let block = b * bs..(b * bs + self.header.block_len(b) as u64);
-        self.verified.store(false, Ordering::Release);
-        {
-            let mut verified = self.units_verified.lock().unwrap();
-            for (u, unit) in self.header.checksum.units(self.header.object_size).iter().enumerate() {
-                if unit.start < block.end && block.start < unit.end.max(unit.start + 1) {
-                    verified[u] = false;
-                }
-            }
-        }
-        // Locks are taken one at a time (set_unit_verified takes units, then index).
-        let mut index = self.index.lock().unwrap();
-        if index.verify_state() == VerifyState::Verified {
-            index.set_verify_state(VerifyState::Pending);
-        }
-    }
-
-    /// The data file, for reading a finished unit back to hash it.
-    pub fn data_file(&self) -> &Arc<File> {
-        &self.data
-    }
-
-    /// Whether block `b`'s blake3 was checked in this mount.
-    pub fn block_checked(&self, b: u64) -> bool {
-        self.was_checked(b)
-    }
-
-    fn was_checked(&self, b: u64) -> bool {
-        self.checked.lock().unwrap()[(b / 64) as usize] & (1 << (b % 64)) != 0
-    }
-
-    fn set_checked(&self, b: u64, yes: bool) {
-        let mut bits = self.checked.lock().unwrap();
-        let word = &mut bits[(b / 64) as usize];
-        if yes {
-            *word |= 1 << (b % 64);
-        } else {
-            *word &= !(1 << (b % 64));
-        }
-    }
-
-    fn entry_bytes(&self) -> u64 {
-        let index = self.index.lock().unwrap();
-        let idx_len = Layout::new(self.header.encoded_len(), self.block_count()).file_len as u64;
-        let data: u64 = (0..self.block_count())
-            .filter(|&b| index.is_present(b))
-            .map(|b| round_up(self.header.block_len(b) as u64))
-            .sum();
-        round_up(idx_len) + data
-    }
-}
-
-fn round_up(n: u64) -> u64 {
+pub(crate) fn round_up(n: u64) -> u64 {
     n.div_ceil(DISK_UNIT) * DISK_UNIT
 }
 
@@ -253,6 +94,15 @@ struct State {
     total: u64,
     /// Set after ENOSPC: the cache does not grow until this instant.
     full_until: Option<Instant>,
+    /// Entry ids per `bucket\0key`, so a new version can push its predecessors to the front of
+    /// the eviction order.
+    versions: HashMap<String, Vec<ObjectId>>,
+    /// The reverse of `versions`.
+    version_of: HashMap<ObjectId, String>,
+}
+
+fn version_key(bucket: &str, key: &str) -> String {
+    format!("{bucket}\0{key}")
 }
 
 /// The block cache of one cache directory.
@@ -276,11 +126,15 @@ impl BlockCache {
             let _ = std::fs::remove_file(stray);
         }
         let mut entries = Vec::with_capacity(ids.len());
+        let mut versions: HashMap<String, Vec<ObjectId>> = HashMap::new();
+        let mut version_of = HashMap::new();
         for id in ids {
             let (data, idx) = dir.paths(&id);
             match ObjectIndex::read_snapshot(&idx) {
                 Ok(snap) => {
                     let h = &snap.header;
+                    versions.entry(version_key(&h.bucket, &h.key)).or_insert_with(Vec::new).push(id);
+                    version_of.insert(id, version_key(&h.bucket, &h.key));
                     let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
                     let data_bytes: u64 = (0..h.block_count())
                         .filter(|&b| snap.is_present(b))
@@ -316,6 +170,8 @@ impl BlockCache {
                 lru,
                 total,
                 full_until: None,
+                versions,
+                version_of,
             }),
         })
     }
@@ -404,6 +260,15 @@ impl BlockCache {
         let f = File::create(&data_path).map_err(io_err)?;
         f.set_len(info.size).map_err(io_err)?;
         let mut index = ObjectIndex::create(&idx_path, header)?;
+        // Older versions of this key will not be read again by new opens: evict them first.
+        let vkey = version_key(bucket, &info.key);
+        let State { versions, version_of, lru, .. } = &mut *state;
+        let siblings = versions.entry(vkey.clone()).or_default();
+        for old in siblings.iter() {
+            lru.demote(old);
+        }
+        siblings.push(id);
+        version_of.insert(id, vkey);
         if index.header().checksum.algorithm == crate::checksum::Algorithm::None {
             index.set_verify_state(VerifyState::Unverifiable);
         }
@@ -483,6 +348,14 @@ impl BlockCache {
         }
         state.warm.pop(&id);
         state.open.remove(&id);
+        if let Some(vkey) = state.version_of.remove(&id) {
+            if let Some(ids) = state.versions.get_mut(&vkey) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    state.versions.remove(&vkey);
+                }
+            }
+        }
         let (data, idx) = self.dir.paths(&id);
         // Index first: without it the data file is an orphan that the next scan deletes.
         let _ = std::fs::remove_file(idx);

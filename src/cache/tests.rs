@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::path::Path;
+
 use super::*;
 use crate::io::{probe, EngineChoice};
 use crate::meta::ROOT_INO;

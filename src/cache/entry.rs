@@ -1,0 +1,172 @@
+//! One object version's entry in the cache: its index, data file, and what this mount has
+//! checked about it (blake3 per block, S3 checksum per unit).
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::format::{IndexHeader, Layout, VerifyState};
+use super::index::ObjectIndex;
+use super::{round_up, ObjectId};
+
+/// One object version's cache entry, shared by every open handle and in-flight fetch of it.
+/// While any `Arc` to it lives, eviction leaves it alone.
+pub struct CachedObject {
+    /// The entry's id.
+    pub id: ObjectId,
+    pub(super) header: IndexHeader,
+    pub(super) index: Mutex<ObjectIndex>,
+    pub(super) data: Arc<File>,
+    pub(super) data_path: std::path::PathBuf,
+    /// Blocks whose blake3 was checked during this mount; the rest are checked on first read.
+    pub(super) checked: Mutex<Vec<u64>>,
+    /// Fast path: the whole object matched S3's checksum (persisted as `VerifyState::Verified`).
+    pub(super) verified: AtomicBool,
+    /// Per verification unit (part, or the whole object): matched in this mount.
+    pub(super) units_verified: Mutex<Vec<bool>>,
+    /// Per unit: failed twice in this mount, so reads fail fast instead of refetching again.
+    pub(super) units_failed: Mutex<Vec<bool>>,
+}
+
+impl CachedObject {
+    /// The immutable header (size, block size, identity).
+    pub fn header(&self) -> &IndexHeader {
+        &self.header
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.header.block_count()
+    }
+
+    /// Whether every block is present: the object can be handed to the kernel whole.
+    pub fn is_complete(&self) -> bool {
+        self.index.lock().unwrap().present_count() == self.block_count()
+    }
+
+    /// Whether every block's blake3 was checked in this mount: only then may the kernel read the
+    /// data file directly (passthrough), since the daemon no longer sees those reads.
+    pub fn all_checked(&self) -> bool {
+        let bits = self.checked.lock().unwrap();
+        let n = self.block_count();
+        (0..n).all(|b| bits[(b / 64) as usize] & (1 << (b % 64)) != 0)
+    }
+
+    /// Whether block `b` is present.
+    pub fn is_present(&self, b: u64) -> bool {
+        self.index.lock().unwrap().is_present(b)
+    }
+
+    /// The data file's path (passthrough opens it directly).
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// Whether every unit matched S3's checksum.
+    pub fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    /// Whether unit `u` matched S3's checksum.
+    pub fn unit_verified(&self, u: usize) -> bool {
+        self.is_verified() || self.units_verified.lock().unwrap()[u]
+    }
+
+    /// Records that unit `u` matched; when all have, persists `Verified`.
+    pub fn set_unit_verified(&self, u: usize) {
+        let mut units = self.units_verified.lock().unwrap();
+        units[u] = true;
+        if units.iter().all(|v| *v) {
+            self.index.lock().unwrap().set_verify_state(VerifyState::Verified);
+            self.verified.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether unit `u` already failed verification twice in this mount.
+    pub fn unit_failed(&self, u: usize) -> bool {
+        self.units_failed.lock().unwrap()[u]
+    }
+
+    /// Records that unit `u` failed twice: persisted as `Failed` for the inspection tools, and
+    /// remembered for this mount so later reads fail fast.
+    pub fn set_unit_failed(&self, u: usize) {
+        self.units_failed.lock().unwrap()[u] = true;
+        self.set_verify_state(VerifyState::Failed);
+    }
+
+    /// Persists a verification state (Failed, Unverifiable).
+    pub fn set_verify_state(&self, state: VerifyState) {
+        self.index.lock().unwrap().set_verify_state(state);
+    }
+
+    /// The persisted verification state.
+    pub fn verify_state(&self) -> VerifyState {
+        self.index.lock().unwrap().verify_state()
+    }
+
+    /// Recorded CRC of block `b` (`None` if absent).
+    pub fn block_crc(&self, b: u64) -> Option<u64> {
+        let index = self.index.lock().unwrap();
+        index.is_present(b).then(|| index.block_crc(b))
+    }
+
+    /// Clears block `b` (its bytes failed a check), so the next read fetches it again. The units
+    /// containing it lose their verified status: the refetched bytes are checked against S3's
+    /// checksum again before they are served.
+    pub fn drop_block(&self, b: u64) {
+        self.index.lock().unwrap().clear(b);
+        self.set_checked(b, false);
+        let bs = self.header.block_size as u64;
+        let block = b * bs..(b * bs + self.header.block_len(b) as u64);
+        self.verified.store(false, Ordering::Release);
+        {
+            let mut verified = self.units_verified.lock().unwrap();
+            for (u, unit) in self.header.checksum.units(self.header.object_size).iter().enumerate() {
+                if unit.start < block.end && block.start < unit.end.max(unit.start + 1) {
+                    verified[u] = false;
+                }
+            }
+        }
+        // Locks are taken one at a time (set_unit_verified takes units, then index).
+        let mut index = self.index.lock().unwrap();
+        if index.verify_state() == VerifyState::Verified {
+            index.set_verify_state(VerifyState::Pending);
+        }
+    }
+
+    /// The data file, for reading a finished unit back to hash it.
+    pub fn data_file(&self) -> &Arc<File> {
+        &self.data
+    }
+
+    /// Whether block `b`'s blake3 was checked in this mount.
+    pub fn block_checked(&self, b: u64) -> bool {
+        self.was_checked(b)
+    }
+
+    pub(super) fn was_checked(&self, b: u64) -> bool {
+        self.checked.lock().unwrap()[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    pub(super) fn set_checked(&self, b: u64, yes: bool) {
+        let mut bits = self.checked.lock().unwrap();
+        let word = &mut bits[(b / 64) as usize];
+        if yes {
+            *word |= 1 << (b % 64);
+        } else {
+            *word &= !(1 << (b % 64));
+        }
+    }
+
+    pub(super) fn entry_bytes(&self) -> u64 {
+        let index = self.index.lock().unwrap();
+        let idx_len = Layout::new(self.header.encoded_len(), self.block_count()).file_len as u64;
+        let data: u64 = (0..self.block_count())
+            .filter(|&b| index.is_present(b))
+            .map(|b| round_up(self.header.block_len(b) as u64))
+            .sum();
+        round_up(idx_len) + data
+    }
+}
+
