@@ -106,6 +106,17 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// Uploads (or overwrites) one object in an existing bucket.
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = S3Client::new(&self.config(bucket)).await;
+            client.sdk().put_object().bucket(bucket).key(key).body(body.to_vec().into()).send().await.unwrap();
+        });
+    }
+}
+
 fn moto_bin() -> PathBuf {
     std::env::var_os("HOARDFS_MOTO").map(PathBuf::from).unwrap_or_else(|| "moto_server".into())
 }

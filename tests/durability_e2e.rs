@@ -1,0 +1,187 @@
+//! Issue 4 end to end: the cache as a durable artifact. A kill -9 mid-fill, a size limit far
+//! below the data read, a full disk, and an overwrite in S3 never produce a wrong byte.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
+    std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+}
+
+struct LazyUnmount(PathBuf);
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn kill_9_during_a_fill_then_remount_serves_only_correct_bytes() {
+    require_fuse();
+    let server = S3Server::start();
+    let big = bytes(9, 40 * MIB + 123);
+    server.bucket("crash", &[("big.bin", &big)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = LazyUnmount(mp.clone());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hoardfs"))
+        .args(["mount", "s3://crash"])
+        .arg(&mp)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground", "--verify", "best-effort"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mp) {
+        assert!(Instant::now() < deadline, "mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read until a part of the object is cached, then kill the daemon while fetches and writes
+    // are in flight.
+    let reader = {
+        let path = mp.join("big.bin");
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(path).unwrap();
+            let mut buf = vec![0u8; MIB];
+            let mut off = 0u64;
+            while f.read_at(&mut buf, off).map(|n| n > 0).unwrap_or(false) {
+                off += MIB as u64;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cached_data_bytes(&cache) < 8 * MIB as u64 {
+        assert!(Instant::now() < deadline, "nothing was cached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&mp).status();
+    let _ = reader.join();
+
+    // A new mount takes over the directory (the kernel released the dead process's lock),
+    // recovers, and serves exactly the object's bytes.
+    let mount = TestMount::new(&server, "crash", &cache, tmp.path());
+    assert_same("after kill -9", &std::fs::read(mount.path("big.bin")).unwrap(), &big);
+    let blocks = 41;
+    assert!(mount.gets() < blocks, "blocks written before the crash were reused ({} GETs of {blocks})", mount.gets());
+    assert_eq!(mount.metric(|m| &m.verify_failures), 0);
+}
+
+fn cached_data_bytes(cache: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for shard in std::fs::read_dir(cache.join("objects")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+            total += f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn cache_stays_under_its_limit_while_reading_three_times_as_much() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..12).map(|i| (format!("f{i:02}"), bytes(i, 2 * MIB + 1000 * i as usize))).collect();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("bounded", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let limit = 9 * MIB as u64; // the objects total ~24 MiB
+    let mount = TestMount::with(&server, "bounded", &cache, tmp.path(), |c| c.cache.max_size = Some(limit));
+    for round in 0..2 {
+        for (key, want) in &objects {
+            assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+            let used = cached_data_bytes(&cache);
+            assert!(used <= limit + MIB as u64, "round {round}, after {key}: {used} bytes on disk > limit + one block");
+        }
+    }
+    assert!(mount.metric(|m| &m.evicted_objects) >= 12);
+}
+
+#[test]
+fn a_full_disk_keeps_reads_working_and_corrupts_nothing() {
+    require_fuse();
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("f{i}"), bytes(20 + i, 3 * MIB + 7))).collect();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("disk-full", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    // A 6 MiB tmpfs as the cache's file system: far less than the 18 MiB read.
+    let small = tmp.path().join("small-fs");
+    std::fs::create_dir(&small).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "hoardfs-test"]).arg(&small).status().unwrap();
+    assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Umount(small.clone());
+    let cache = small.join("cache");
+    {
+        let mount = TestMount::new(&server, "disk-full", &cache, tmp.path());
+        for (key, want) in &objects {
+            assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+        }
+        assert!(mount.metric(|m| &m.cache_write_errors) > 0, "the disk never filled");
+        // Read again while full: still right.
+        for (key, want) in &objects {
+            assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+        }
+    }
+    // After a remount on the same (full) file system, every byte is still right.
+    let mount = TestMount::new(&server, "disk-full", &cache, tmp.path());
+    for (key, want) in &objects {
+        assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    }
+    assert_eq!(mount.metric(|m| &m.blake3_mismatches), 0);
+}
+
+#[test]
+fn an_overwrite_in_s3_never_mixes_two_versions() {
+    let server = S3Server::start();
+    let v1 = bytes(31, 4 * MIB);
+    let v2 = bytes(32, 3 * MIB + 5);
+    server.bucket("overwrite", &[("model.bin", &v1)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::with(&server, "overwrite", &tmp.path().join("cache"), tmp.path(), |c| {
+        c.metadata_ttl = Some(Duration::from_secs(1));
+        c.verify.mode = hoardfs::verify::VerifyMode::BestEffort;
+        c.prefetch.max_blocks = 0;
+    });
+    let old = std::fs::File::open(mount.path("model.bin")).unwrap();
+    let mut head = vec![0u8; MIB];
+    old.read_exact_at(&mut head, 0).unwrap();
+    assert_same("v1 head", &head, &v1[..MIB]);
+
+    server.put("overwrite", "model.bin", &v2);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // The handle opened on v1 never returns v2's bytes: a block not cached yet fails (ESTALE),
+    // a cached one is still v1.
+    let mut tail = vec![0u8; MIB];
+    let err = old.read_exact_at(&mut tail, 3 * MIB as u64).expect_err("v1's uncached block must not come from v2");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    old.read_exact_at(&mut head, 0).unwrap();
+    assert_same("cached v1 block", &head, &v1[..MIB]);
+    drop(old);
+
+    // A new open after the TTL sees v2, whole and alone.
+    assert_same("v2", &std::fs::read(mount.path("model.bin")).unwrap(), &v2);
+}
