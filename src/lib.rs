@@ -15,6 +15,7 @@ pub mod fs;
 pub mod fuse;
 pub mod inspect;
 pub mod io;
+pub mod listing;
 pub mod meta;
 pub mod metrics;
 pub mod mount;

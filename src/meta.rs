@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::listing::{ListingStore, StoredListing};
 use crate::object::{ObjectClient, ObjectError, ObjectInfo};
 
 /// Inode number of the mount's root directory.
@@ -89,6 +90,8 @@ pub struct Meta {
     client: Arc<dyn ObjectClient>,
     ttl: Option<Duration>,
     tables: Mutex<Tables>,
+    store: Option<ListingStore>,
+    offline_warned: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `name` can be a file name on Linux.
@@ -99,12 +102,12 @@ pub fn valid_name(name: &str) -> bool {
 impl Meta {
     /// A table whose root is `prefix` ("" or ending in `/`). `ttl` of `None` means facts never
     /// expire (immutable datasets).
-    pub fn new(client: Arc<dyn ObjectClient>, prefix: &str, ttl: Option<Duration>) -> Self {
+    pub fn new(client: Arc<dyn ObjectClient>, prefix: &str, ttl: Option<Duration>, store: Option<ListingStore>) -> Self {
         let mut tables = Tables { next: ROOT_INO + 1, ..Default::default() };
         let root = Node { ino: ROOT_INO, kind: NodeKind::Dir { prefix: prefix.to_string() }, learned: Instant::now() };
         tables.by_path.insert((true, prefix.to_string()), ROOT_INO);
         tables.nodes.insert(ROOT_INO, root);
-        Self { client, ttl, tables: Mutex::new(tables) }
+        Self { client, ttl, tables: Mutex::new(tables), store, offline_warned: Default::default() }
     }
 
     fn fresh(&self, learned: Instant) -> bool {
@@ -123,7 +126,7 @@ impl Meta {
         }
     }
 
-    fn intern(tables: &mut Tables, kind: NodeKind) -> Node {
+    fn intern(tables: &mut Tables, kind: NodeKind, learned: Instant) -> Node {
         let path = match &kind {
             NodeKind::Dir { prefix } => (true, prefix.clone()),
             NodeKind::File { info } => (false, info.key.clone()),
@@ -132,7 +135,7 @@ impl Meta {
             tables.next += 1;
             tables.next - 1
         });
-        let node = Node { ino, kind, learned: Instant::now() };
+        let node = Node { ino, kind, learned };
         tables.nodes.insert(ino, node.clone());
         node
     }
@@ -144,16 +147,24 @@ impl Meta {
             return answer;
         }
         let prefix = self.dir_prefix(parent)?;
+        // A stored listing of the parent (fresh, or any age if S3 fails) answers without requests.
+        if self.store.as_ref().is_some_and(|s| s.exists(&prefix)) {
+            let entries = self.readdir(parent).await?;
+            return entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+                .map(|i| entries[i].node.clone())
+                .map_err(|_| MetaError::NotFound);
+        }
         let key = format!("{prefix}{name}");
         let dir_prefix = format!("{key}/");
         let (head, list) = tokio::join!(self.client.head(&key), self.client.list(&dir_prefix, None, Some(1)));
         let list = list.map_err(MetaError::S3)?;
         let mut tables = self.tables.lock().unwrap();
         if !list.objects.is_empty() || !list.prefixes.is_empty() {
-            return Ok(Self::intern(&mut tables, NodeKind::Dir { prefix: dir_prefix }));
+            return Ok(Self::intern(&mut tables, NodeKind::Dir { prefix: dir_prefix }, Instant::now()));
         }
         match head {
-            Ok(info) => Ok(Self::intern(&mut tables, NodeKind::File { info })),
+            Ok(info) => Ok(Self::intern(&mut tables, NodeKind::File { info }, Instant::now())),
             Err(ObjectError::NotFound(_)) => {
                 tables.negative.insert((parent, name.to_string()), Instant::now());
                 Err(MetaError::NotFound)
@@ -197,17 +208,54 @@ impl Meta {
         None
     }
 
-    /// The entries of directory `ino`, from a fresh listing or a new paginated LIST.
+    /// The entries of directory `ino`: from memory or the cache dir's stored listing while
+    /// fresh, else from a paginated LIST (then stored). If S3 cannot be reached, a stale listing
+    /// is served rather than an error, with a warning (offline epochs).
     pub async fn readdir(&self, ino: u64) -> Result<Arc<Vec<DirEntry>>, MetaError> {
         let prefix = self.dir_prefix(ino)?;
         if let Some(l) = self.tables.lock().unwrap().listings.get(&ino).filter(|l| self.fresh(l.learned)) {
             return Ok(l.entries.clone());
         }
+        let stored = self.store.as_ref().and_then(|s| s.load(&prefix));
+        if let Some(stored) = stored.as_ref().filter(|l| self.ttl.is_none_or(|ttl| l.age() < ttl)) {
+            return Ok(self.install_stored(ino, stored));
+        }
+        match self.list_from_s3(&prefix).await {
+            Ok((dirs, files)) => {
+                if let Some(store) = &self.store {
+                    let files: Vec<(String, ObjectInfo)> = files.iter().map(|(n, o)| (n.clone(), o.clone())).collect();
+                    store.save(&prefix, dirs.keys().cloned().collect(), &files);
+                }
+                Ok(self.install(ino, &prefix, dirs, files, Instant::now()))
+            }
+            Err(e) => {
+                if let Some(l) = self.tables.lock().unwrap().listings.get(&ino) {
+                    self.warn_offline(&e);
+                    return Ok(l.entries.clone());
+                }
+                match stored {
+                    Some(stored) => {
+                        self.warn_offline(&e);
+                        Ok(self.install_stored(ino, &stored))
+                    }
+                    None => Err(MetaError::S3(e)),
+                }
+            }
+        }
+    }
+
+    fn warn_offline(&self, e: &ObjectError) {
+        if !self.offline_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("S3 is unreachable ({e}); serving stored listings and cached data (offline)");
+        }
+    }
+
+    async fn list_from_s3(&self, prefix: &str) -> Result<(BTreeMap<String, String>, BTreeMap<String, ObjectInfo>), ObjectError> {
         let mut dirs = BTreeMap::new();
         let mut files = BTreeMap::new();
         let mut token = None;
         loop {
-            let page = self.client.list(&prefix, token, None).await.map_err(MetaError::S3)?;
+            let page = self.client.list(prefix, token, None).await?;
             for p in page.prefixes {
                 let name = p[prefix.len()..].trim_end_matches('/').to_string();
                 if valid_name(&name) {
@@ -229,25 +277,37 @@ impl Meta {
             }
             token = page.next_token;
             if token.is_none() {
-                break;
+                return Ok((dirs, files));
             }
         }
+    }
+
+    fn install_stored(&self, ino: u64, stored: &StoredListing) -> Arc<Vec<DirEntry>> {
+        let dirs = stored.dirs.iter().map(|d| (d.clone(), format!("{}{d}/", stored.prefix))).collect();
+        let files = stored.objects().collect();
+        let learned = Instant::now().checked_sub(stored.age()).unwrap_or_else(Instant::now);
+        self.install(ino, &stored.prefix, dirs, files, learned)
+    }
+
+    /// Makes a listing current: nodes interned (a name that is both a prefix and an object is
+    /// the directory), entries sorted by name for binary search.
+    fn install(&self, ino: u64, prefix: &str, dirs: BTreeMap<String, String>, mut files: BTreeMap<String, ObjectInfo>, learned: Instant) -> Arc<Vec<DirEntry>> {
         let mut tables = self.tables.lock().unwrap();
         let mut entries = Vec::with_capacity(dirs.len() + files.len());
         for (name, p) in dirs {
             if files.remove(&name).is_some() {
                 tracing::warn!("s3 key {prefix}{name} is both an object and a prefix; showing the directory");
             }
-            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::Dir { prefix: p }) });
+            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::Dir { prefix: p }, learned) });
         }
         for (name, info) in files {
-            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::File { info }) });
+            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::File { info }, learned) });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let entries = Arc::new(entries);
-        tables.listings.insert(ino, Listing { entries: entries.clone(), learned: Instant::now() });
+        tables.listings.insert(ino, Listing { entries: entries.clone(), learned });
         tables.negative.retain(|(p, _), _| *p != ino);
-        Ok(entries)
+        entries
     }
 
     /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
@@ -260,9 +320,16 @@ impl Meta {
         let fresh = match self.client.head(&info.key).await {
             Ok(fresh) => fresh,
             Err(ObjectError::NotFound(_)) => return Err(MetaError::NotFound),
-            Err(e) => return Err(MetaError::S3(e)),
+            Err(ObjectError::PreconditionFailed(_) | ObjectError::AccessDenied(_)) | Err(ObjectError::WrongLength { .. }) => {
+                return Err(MetaError::S3(ObjectError::Other(format!("HeadObject {} failed", info.key))))
+            }
+            Err(e) => {
+                // Unreachable: the version we know is still the best answer (offline epochs).
+                self.warn_offline(&e);
+                return Ok(info);
+            }
         };
-        Self::intern(&mut self.tables.lock().unwrap(), NodeKind::File { info: fresh.clone() });
+        Self::intern(&mut self.tables.lock().unwrap(), NodeKind::File { info: fresh.clone() }, Instant::now());
         Ok(fresh)
     }
 

@@ -14,6 +14,7 @@ use crate::fetch::Fetcher;
 use crate::fs::{HoardFs, PrefetchConfig};
 use crate::fuse::FuseAdapter;
 use crate::io::EngineChoice;
+use crate::listing::ListingStore;
 use crate::meta::Meta;
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
@@ -179,11 +180,16 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(client, metrics.clone()));
     let dir = CacheDir::open_exclusive(&config.cache_dir)?;
 
-    runtime.block_on(client.list(&config.prefix, None, Some(1))).map_err(|e| match e {
-        ObjectError::NotFound(d) => MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d },
-        ObjectError::AccessDenied(d) => MountError::AccessDenied(d),
-        other => MountError::Unreachable(other.to_string()),
-    })?;
+    match runtime.block_on(client.list(&config.prefix, None, Some(1))) {
+        Ok(_) => {}
+        Err(ObjectError::NotFound(d)) => return Err(MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d }),
+        Err(ObjectError::AccessDenied(d)) => return Err(MountError::AccessDenied(d)),
+        // With the dataset's listing stored in the cache dir, a mount can serve it offline.
+        Err(e) if ListingStore::new(&config.cache_dir, &config.s3.bucket).load(&config.prefix).is_some() => {
+            tracing::warn!("S3 is unreachable ({e}); mounting from the cache dir's stored listings and blocks (offline)");
+        }
+        Err(e) => return Err(MountError::Unreachable(e.to_string())),
+    }
 
     let io = crate::io::probe(config.io_engine)
         .map_err(|source| MountError::Io { what: "starting io_uring (try --io-engine psync)".into(), source })?;
@@ -198,7 +204,8 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.max_concurrent_gets)
     };
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
-    let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl);
+    let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);
+    let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl, Some(store));
     let fs = Arc::new(HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch));
 
     let metrics_addr = match config.metrics_addr {

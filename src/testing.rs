@@ -39,7 +39,7 @@ pub fn rig_with(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config
     );
     let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), 4);
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
-    let meta = Meta::new(client, "", None);
+    let meta = Meta::new(client, "", None, None);
     let fs = HoardFs::new(meta, cache.clone(), fetcher, verifier, "b".into(), PrefetchConfig::default());
     Rig { fs, metrics, cache }
 }
