@@ -121,20 +121,37 @@ impl Fetcher {
         answer(late, &result);
     }
 
+    /// GETs block `b`. If a verified unit already vouches for the block's digest (it was
+    /// verified but did not fit in the cache), the bytes must match it: one mismatch is
+    /// refetched, a second is an error, so a corrupt refetch never passes for verified bytes.
     async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<(Bytes, [u8; 32], u64), FetchError> {
         let h = obj.header();
         let start = b * h.block_size as u64;
         let range = start..start + h.block_len(b) as u64;
         let _permit = self.permits.acquire().await.expect("semaphore is never closed");
-        let bytes = self.client.get_range(&h.key, &h.etag, range).await.map_err(|e| {
-            tracing::warn!("fetching block {b} of s3://{}/{}: {e}", h.bucket, h.key);
-            FetchError::from(e)
-        })?;
-        // Both digests in one pass over fresh bytes: blake3 guards them at rest, the CRC (if the
-        // object has a CRC checksum) lets its part or object verify by combination later.
-        let hash = block_hash(&bytes);
-        let crc = block_crc(h.checksum.algorithm, &bytes);
-        Ok((bytes, hash, crc))
+        for attempt in 1..=2 {
+            let bytes = self.client.get_range(&h.key, &h.etag, range.clone()).await.map_err(|e| {
+                tracing::warn!("fetching block {b} of s3://{}/{}: {e}", h.bucket, h.key);
+                FetchError::from(e)
+            })?;
+            // Both digests in one pass over fresh bytes: blake3 guards them at rest, the CRC (if
+            // the object has a CRC checksum) lets its unit verify by combination later.
+            let hash = block_hash(&bytes);
+            match obj.proven_hash(b) {
+                Some(expected) if expected != hash => {
+                    Metrics::add(&self.metrics.verify_failures, 1);
+                    tracing::warn!(
+                        "block {b} of s3://{}/{} (ETag {}) does not match its verified digest (attempt {attempt} of 2)",
+                        h.bucket, h.key, h.etag
+                    );
+                }
+                _ => return Ok((bytes.clone(), hash, block_crc(h.checksum.algorithm, &bytes))),
+            }
+        }
+        Err(FetchError::Failed(format!(
+            "block {b} of s3://{}/{} (ETag {}) failed its verified digest twice",
+            h.bucket, h.key, h.etag
+        )))
     }
 
     /// The cache entry of an object version, created on first use with what S3 offers to verify

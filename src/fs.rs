@@ -166,7 +166,9 @@ impl HoardFs {
             return answer;
         }
         let info = self.meta.open_file(ino).await?;
-        let obj = self.fetcher.entry(&info).await?;
+        let obj = self.fetcher.entry(&info).await.inspect_err(|e| {
+            tracing::warn!("open of s3://{}/{}: {e}", self.bucket, info.key);
+        })?;
         if let Ok(obj) = &obj {
             if self.check_at_open(obj) {
                 for b in 0..obj.block_count() {

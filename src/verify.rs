@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::cache::{CachedObject, ObjectId};
-use crate::checksum::{block_crc, combine_crcs, Algorithm, UnitHasher};
+use crate::checksum::{block_crc, block_hash, combine_crcs, Algorithm, UnitHasher};
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::Metrics;
 
@@ -191,8 +191,10 @@ impl Verifier {
         }
         let expected = h.checksum.expected(u);
         for attempt in 1..=2 {
-            let actual = self.unit_checksum(obj, &unit).await?;
+            let mut proof = Vec::new();
+            let actual = self.unit_checksum(obj, &unit, &mut proof).await?;
             if actual.is_some() && actual == expected {
+                obj.prove(proof.into_iter().filter(|(b, _)| !obj.is_present(*b)));
                 obj.set_unit_verified(u);
                 if obj.is_verified() {
                     tracing::debug!("s3://{}/{} verified against its {:?} checksum", h.bucket, h.key, h.checksum.algorithm);
@@ -214,7 +216,7 @@ impl Verifier {
 
     /// The checksum of the unit's bytes, loading missing blocks first. `None` if a block
     /// vanished in between (the caller then counts it as a mismatch and refetches).
-    async fn unit_checksum(&self, obj: &Arc<CachedObject>, unit: &Range<u64>) -> Result<Option<Vec<u8>>, FetchError> {
+    async fn unit_checksum(&self, obj: &Arc<CachedObject>, unit: &Range<u64>, proof: &mut Vec<(u64, [u8; 32])>) -> Result<Option<Vec<u8>>, FetchError> {
         let h = obj.header();
         let bs = h.block_size as u64;
         let blocks: Vec<u64> = blocks_of(obj, unit).collect();
@@ -227,14 +229,19 @@ impl Verifier {
             .map(|&b| {
                 let (f, o) = (self.fetcher.clone(), obj.clone());
                 let alg = h.checksum.algorithm;
-                (b, tokio::spawn(async move { f.load(&o, b).await.map(|bytes| block_crc(alg, &bytes)) }))
+                (b, tokio::spawn(async move { f.load(&o, b).await.map(|bytes| (block_crc(alg, &bytes), block_hash(&bytes))) }))
             })
             .collect();
         let mut loaded = HashMap::new();
+        let mut digests = Vec::new();
         for (b, l) in loads {
-            let crc = l.await.map_err(|e| FetchError::Failed(format!("load task: {e}")))??;
+            let (crc, hash) = l.await.map_err(|e| FetchError::Failed(format!("load task: {e}")))??;
             loaded.insert(b, crc);
+            digests.push((b, hash));
         }
+        // If the unit verifies, these digests are what its blocks' bytes were; blocks the cache
+        // could not keep are checked against them when fetched again.
+        *proof = digests;
         let aligned = unit.start % bs == 0 && (unit.end % bs == 0 || unit.end == h.object_size);
         if h.checksum.algorithm.crc().is_some() && aligned {
             let pieces: Option<Vec<(u64, u64)>> = blocks
@@ -246,6 +253,7 @@ impl Verifier {
         let mut hasher = UnitHasher::new(h.checksum.algorithm);
         for &b in &blocks {
             let block = self.fetcher.load(obj, b).await?;
+            proof.push((b, block_hash(&block)));
             let start = b * bs;
             let lo = unit.start.max(start) - start;
             let hi = unit.end.min(start + block.len() as u64) - start;

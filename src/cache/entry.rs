@@ -10,6 +10,9 @@ use super::format::{IndexHeader, Layout, VerifyState};
 use super::index::ObjectIndex;
 use super::{round_up, ObjectId};
 
+/// How long a unit that failed verification twice fails reads at once. Default: 5 s.
+pub const FAIL_FAST: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One object version's cache entry, shared by every open handle and in-flight fetch of it.
 /// While any `Arc` to it lives, eviction leaves it alone.
 pub struct CachedObject {
@@ -26,7 +29,11 @@ pub struct CachedObject {
     /// Per verification unit (part, or the whole object): matched in this mount.
     pub(super) units_verified: Mutex<Vec<bool>>,
     /// Per unit: failed twice in this mount, so reads fail fast instead of refetching again.
-    pub(super) units_failed: Mutex<Vec<bool>>,
+    pub(super) units_failed: Mutex<Vec<Option<std::time::Instant>>>,
+    /// blake3 of blocks that belong to a verified unit but are not in the cache (it was full):
+    /// a refetch of such a block must hash to this. Blocks in the cache are proven by their
+    /// index record.
+    pub(super) proven: Mutex<std::collections::HashMap<u64, [u8; 32]>>,
 }
 
 impl CachedObject {
@@ -83,15 +90,50 @@ impl CachedObject {
         }
     }
 
-    /// Whether unit `u` already failed verification twice in this mount.
-    pub fn unit_failed(&self, u: usize) -> bool {
-        self.units_failed.lock().unwrap()[u]
+    /// Units (indexes) whose byte range overlaps block `b`.
+    pub fn units_of_block(&self, b: u64) -> Vec<usize> {
+        let bs = self.header.block_size as u64;
+        let block = b * bs..(b * bs + self.header.block_len(b) as u64);
+        self.header
+            .checksum
+            .units(self.header.object_size)
+            .iter()
+            .enumerate()
+            .filter(|(_, unit)| unit.start < block.end && block.start < unit.end.max(unit.start + 1))
+            .map(|(u, _)| u)
+            .collect()
     }
 
-    /// Records that unit `u` failed twice: persisted as `Failed` for the inspection tools, and
-    /// remembered for this mount so later reads fail fast.
+    /// What block `b`'s bytes must hash to, if a verified unit vouches for them: its index record
+    /// when present, else the digest kept when its unit was verified. `None` if no verified unit
+    /// covers it (then the bytes are checked against S3's checksum with their unit).
+    pub fn proven_hash(&self, b: u64) -> Option<[u8; 32]> {
+        if !self.units_of_block(b).iter().any(|&u| self.unit_verified(u)) {
+            return None;
+        }
+        if let Some(h) = self.proven.lock().unwrap().get(&b) {
+            return Some(*h);
+        }
+        let index = self.index.lock().unwrap();
+        index.is_present(b).then(|| index.block_hash(b))
+    }
+
+    /// Records the digests of blocks that a unit's verification covered but the cache does not
+    /// hold, so later refetches of them can be checked.
+    pub fn prove(&self, blocks: impl IntoIterator<Item = (u64, [u8; 32])>) {
+        self.proven.lock().unwrap().extend(blocks);
+    }
+
+    /// Whether unit `u` failed verification twice within the last [`FAIL_FAST`]: reads then
+    /// fail at once instead of refetching again (a kernel retrying a failed read would otherwise
+    /// cause a storm of GETs). After that, a read tries again.
+    pub fn unit_failed(&self, u: usize) -> bool {
+        self.units_failed.lock().unwrap()[u].is_some_and(|t| t.elapsed() < FAIL_FAST)
+    }
+
+    /// Records that unit `u` failed twice: persisted as `Failed` for the inspection tools.
     pub fn set_unit_failed(&self, u: usize) {
-        self.units_failed.lock().unwrap()[u] = true;
+        self.units_failed.lock().unwrap()[u] = Some(std::time::Instant::now());
         self.set_verify_state(VerifyState::Failed);
     }
 
@@ -117,15 +159,12 @@ impl CachedObject {
     pub fn drop_block(&self, b: u64) {
         self.index.lock().unwrap().clear(b);
         self.set_checked(b, false);
-        let bs = self.header.block_size as u64;
-        let block = b * bs..(b * bs + self.header.block_len(b) as u64);
+        self.proven.lock().unwrap().remove(&b);
         self.verified.store(false, Ordering::Release);
         {
             let mut verified = self.units_verified.lock().unwrap();
-            for (u, unit) in self.header.checksum.units(self.header.object_size).iter().enumerate() {
-                if unit.start < block.end && block.start < unit.end.max(unit.start + 1) {
-                    verified[u] = false;
-                }
+            for u in self.units_of_block(b) {
+                verified[u] = false;
             }
         }
         // Locks are taken one at a time (set_unit_verified takes units, then index).

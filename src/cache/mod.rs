@@ -285,7 +285,20 @@ impl BlockCache {
         let header = index.header().clone();
         let words = header.block_count().div_ceil(64) as usize;
         let units = header.checksum.units(header.object_size).len();
+        // Verified on disk means every block was proven then; a unit missing a block now (it did
+        // not fit in the cache) has no proof for that block's next fetch, so it verifies again.
         let verified = index.verify_state() == VerifyState::Verified;
+        let units_verified: Vec<bool> = header
+            .checksum
+            .units(header.object_size)
+            .iter()
+            .map(|unit| {
+                let bs = header.block_size as u64;
+                let blocks = unit.start / bs..unit.end.div_ceil(bs);
+                verified && blocks.clone().all(|b| index.is_present(b))
+            })
+            .collect();
+        let verified = verified && units_verified.iter().all(|v| *v);
         let obj = Arc::new(CachedObject {
             id,
             header,
@@ -294,8 +307,9 @@ impl BlockCache {
             data_path,
             checked: Mutex::new(vec![0; words]),
             verified: AtomicBool::new(verified),
-            units_verified: Mutex::new(vec![verified; units]),
-            units_failed: Mutex::new(vec![false; units]),
+            units_verified: Mutex::new(units_verified),
+            units_failed: Mutex::new(vec![None; units]),
+            proven: Mutex::default(),
         });
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);

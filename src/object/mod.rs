@@ -62,6 +62,9 @@ pub enum ObjectError {
         /// Bytes received.
         got: u64,
     },
+    /// The body stopped before its length (connection reset mid-body); retried by the client.
+    #[error("truncated body: {0}")]
+    Truncated(String),
     /// Anything else (network, 5xx, throttling); worth a retry.
     #[error("S3 request failed: {0}")]
     Other(String),

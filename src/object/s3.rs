@@ -46,12 +46,22 @@ impl S3Client {
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        loader = loader.timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .build(),
-        );
+        loader = loader
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            )
+            // Standard mode: 5xx, throttling (SlowDown), timeouts and connection resets are
+            // retried with exponential backoff and full jitter.
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(5)),
+            );
         let shared = loader.load().await;
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
@@ -100,6 +110,28 @@ impl S3Client {
             marker = op.next_part_number_marker().map(str::to_owned);
         }
         Ok((!parts.is_empty()).then_some(parts))
+    }
+
+    async fn get_range_once(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        let what = || format!("GetObject s3://{}/{key} bytes {}-{}", self.bucket, range.start, range.end - 1);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ObjectError::Truncated(format!("{}: {}", what(), source_chain(&e))))?
+            .into_bytes();
+        check_body_len(&range, &body)?;
+        Ok(body)
     }
 
     /// The SDK client, for callers (tests, `cache warm`) that need an operation not in the trait.
@@ -219,6 +251,30 @@ impl S3Client {
     }
 }
 
+/// Retries a GET whose *body* failed (truncated, wrong length): the SDK retries failures up to
+/// the response headers, but a body cut off mid-stream surfaces after `send()` returned, outside
+/// its retry loop. Exponential backoff with jitter, [`MAX_ATTEMPTS`] attempts in all.
+async fn retry_bodies<T, F, Fut>(mut attempt: F) -> Result<T, ObjectError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ObjectError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    for n in 1.. {
+        match attempt().await {
+            Err(e @ (ObjectError::Truncated(_) | ObjectError::WrongLength { .. })) if n < MAX_ATTEMPTS => {
+                tracing::debug!("retrying after {e}");
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+                let jitter = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5x .. 1.5x
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on the last attempt")
+}
+
 /// The Display of an error and each of its sources, deduplicated: the SDK nests the useful part
 /// ("Connection refused") several levels down, and its Debug output is unreadable to a user.
 fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -267,25 +323,7 @@ impl ObjectClient for S3Client {
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            let what = || format!("GetObject s3://{}/{key} bytes {}-{}", self.bucket, range.start, range.end - 1);
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .if_match(&etag)
-                .range(format!("bytes={}-{}", range.start, range.end - 1))
-                .send()
-                .await
-                .map_err(|e| classify(&what(), e))?;
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| ObjectError::Other(format!("{}: body: {}", what(), source_chain(&e))))?
-                .into_bytes();
-            check_body_len(&range, &body)?;
-            Ok(body)
+            retry_bodies(|| self.get_range_once(&key, &etag, range.clone())).await
         })
     }
 
@@ -316,7 +354,27 @@ impl ObjectClient for S3Client {
     fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, ObjectChecksum), ObjectError>> {
         let key = key.to_string();
         let etag = etag.to_string();
-        Box::pin(async move {
+        Box::pin(async move { retry_bodies(|| self.get_whole_once(&key, &etag)).await })
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+        self.list_impl(prefix, token, max_keys)
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+impl S3Client {
+    async fn get_whole_once(&self, key: &str, etag: &str) -> Result<(Bytes, ObjectChecksum), ObjectError> {
+        {
+            let (key, etag) = (key.to_string(), etag.to_string());
             let what = format!("GetObject s3://{}/{key}", self.bucket);
             let out = self
                 .client
@@ -340,15 +398,15 @@ impl ObjectClient for S3Client {
                 .body
                 .collect()
                 .await
-                .map_err(|e| ObjectError::Other(format!("{what}: body: {}", source_chain(&e))))?
+                .map_err(|e| ObjectError::Truncated(format!("{what}: {}", source_chain(&e))))?
                 .into_bytes();
             check_body_len(&(0..expected_len), &body)?;
             let checksum = self.resolve(&key, &etag, headers.borrowed()).await?;
             Ok((body, checksum))
-        })
+        }
     }
 
-    fn list(
+    fn list_impl(
         &self,
         prefix: &str,
         token: Option<String>,
@@ -396,14 +454,15 @@ impl ObjectClient for S3Client {
             })
         })
     }
-
-    fn bucket(&self) -> &str {
-        &self.bucket
-    }
 }
 
 /// How long one S3 attempt may take before it is abandoned and retried: a stalled GET must not
-/// hang a training step. Default: 30 s.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// hang a training step. Default: 20 s.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a request may take in all, retries included: the bound on how long a read that
+/// cannot be served waits before EIO. Default: 60 s.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts per request (the first plus retries). Default: 5.
+pub const MAX_ATTEMPTS: u32 = 5;
 /// How long a TCP connect may take. Default: 5 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,6 +3,8 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
