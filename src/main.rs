@@ -1,7 +1,7 @@
 //! The `hoardfs` binary: parse flags, set up logging, run, report errors plainly.
 
 use clap::Parser;
-use hoardfs::cli::{run, Cli};
+use hoardfs::cli::{exit_code, run, Cli};
 
 fn main() {
     let cli = Cli::parse();
@@ -19,7 +19,7 @@ fn main() {
         Ok(false) => std::process::exit(1),
         Err(e) => {
             eprintln!("hoardfs: error: {e:#}");
-            std::process::exit(1);
+            std::process::exit(exit_code(&e));
         }
     }
 }

@@ -124,33 +124,44 @@ fn bad_input_gets_a_clear_error() {
         a
     };
 
-    let (_, msg) = run_err(&with(&|a| a[1] = "exists".into()));
+    // Exit status by whose problem it is: 2 command line, 3 S3, 4 this machine.
+    let (code, msg) = run_err(&with(&|a| a[1] = "exists".into()));
     assert!(msg.contains("s3://BUCKET"), "{msg}");
+    assert_eq!(code, 2);
 
-    let (_, msg) = run_err(&with(&|a| a[2] = tmp.path().join("missing").display().to_string()));
+    let (code, msg) = run_err(&with(&|a| a[2] = tmp.path().join("missing").display().to_string()));
     assert!(msg.contains("does not exist") && msg.contains("mkdir"), "{msg}");
+    assert_eq!(code, 4);
+
+    let (code, msg) = run_err(&with(&|a| a[4] = "/proc/hoardfs-cache".into()));
+    assert!(msg.contains("cache dir /proc/hoardfs-cache"), "{msg}");
+    assert_eq!(code, 4);
 
     let full = tmp.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("x"), b"x").unwrap();
-    let (_, msg) = run_err(&with(&|a| a[2] = full.display().to_string()));
+    let (code, msg) = run_err(&with(&|a| a[2] = full.display().to_string()));
     assert!(msg.contains("not empty"), "{msg}");
+    assert_eq!(code, 4);
 
     let (code, msg) = run_err(&with(&|a| a.extend(["--max-cache-size".into(), "lots".into()])));
     assert_eq!(code, 2, "usage errors exit 2");
     assert!(msg.contains("20MiB"), "{msg}");
 
-    let (_, msg) = run_err(&with(&|a| a[1] = "s3://no-such-bucket".into()));
+    let (code, msg) = run_err(&with(&|a| a[1] = "s3://no-such-bucket".into()));
     assert!(msg.contains("does not exist"), "{msg}");
+    assert_eq!(code, 3);
 
-    let (_, msg) = run_err(&with(&|a| a[7 - 1] = "http://127.0.0.1:9".into()));
+    let (code, msg) = run_err(&with(&|a| a[6] = "http://127.0.0.1:9".into()));
     assert!(msg.contains("cannot reach S3"), "{msg}");
+    assert_eq!(code, 3);
 
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("thesis.tex"), b"precious").unwrap();
-    let (_, msg) = run_err(&with(&|a| a[4] = foreign.display().to_string()));
+    let (code, msg) = run_err(&with(&|a| a[4] = foreign.display().to_string()));
     assert!(msg.contains("not a hoardfs cache"), "{msg}");
+    assert_eq!(code, 4);
     assert_eq!(std::fs::read(foreign.join("thesis.tex")).unwrap(), b"precious");
     assert!(!is_mounted(&mp));
 }

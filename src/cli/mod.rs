@@ -81,18 +81,45 @@ pub enum VerifyReads {
     Always,
 }
 
+/// A command line that parses but says something impossible (exit status 2, like clap's own).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// Splits `s3://bucket/prefix` into bucket and prefix.
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
     let Some(rest) = uri.strip_prefix("s3://") else {
-        bail!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX");
+        bail!(UsageError(format!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX")));
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid = (3..=63).contains(&bucket.len())
         && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     if !valid {
-        bail!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'");
+        bail!(UsageError(format!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'")));
     }
     Ok((bucket.to_string(), prefix.to_string()))
+}
+
+/// Exit status for an error, by whose problem it is: 2 the command line, 3 S3 (bucket,
+/// credentials, endpoint), 4 this machine (mount point, cache dir, FUSE), 1 anything else.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    use crate::cache::CacheDirError;
+    use crate::mount::MountError;
+    for cause in err.chain() {
+        if cause.is::<UsageError>() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<MountError>() {
+            return match e {
+                MountError::NoSuchBucket { .. } | MountError::AccessDenied(_) | MountError::Unreachable(_) => 3,
+                MountError::MountPoint { .. } | MountError::CacheDir(_) | MountError::Io { .. } => 4,
+            };
+        }
+        if cause.is::<CacheDirError>() {
+            return 4;
+        }
+    }
+    1
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     let block_size = u32::try_from(args.block_size)
         .ok()
         .filter(|b| crate::cache::format::BLOCK_SIZE_RANGE.contains(b))
-        .with_context(|| format!("--block-size {} is outside 4KiB..64MiB", args.block_size))?;
+        .ok_or_else(|| super::UsageError(format!("--block-size {} is outside 4KiB..64MiB", args.block_size)))?;
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return launch_daemon(&args);
     }
