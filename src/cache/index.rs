@@ -263,6 +263,34 @@ mod tests {
         assert!(matches!(ObjectIndex::open(&path), Err(IndexError::Format { .. })));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// A valid index file with any byte changed, or cut anywhere, either fails to parse or
+        /// parses into a snapshot whose every accessor stays in bounds: never a panic.
+        #[test]
+        fn damaged_index_files_never_panic(pos in 0usize..400, val in 0u8..=255, cut in proptest::option::of(0usize..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.idx");
+            let mut idx = ObjectIndex::create(&path, vector_header()).unwrap();
+            idx.mark_present(0, &[7u8; 32], 1);
+            drop(idx);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let pos = pos % bytes.len();
+            bytes[pos] ^= val;
+            if let Some(cut) = cut {
+                bytes.truncate(cut % bytes.len());
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(snap) = ObjectIndex::read_snapshot(&path) {
+                for b in 0..snap.header.block_count() {
+                    let _ = (snap.is_present(b), snap.block_hash(b));
+                }
+                let _ = (snap.present_count(), snap.last_access(), snap.verify_state());
+            }
+            let _ = ObjectIndex::open(&path).map(|i| (i.present_count(), i.verify_state()));
+        }
+    }
+
     /// The committed fixture: an index with block 1 present, made by `create` + `mark_present`.
     #[test]
     fn fixture_index_parses() {
