@@ -177,6 +177,24 @@ where
     }
 }
 
+/// Picks the checksum headers out of a HeadObject or GetObject response: the two SDK types
+/// share these accessors but no trait, and the rule must be the same for both.
+macro_rules! checksum_headers {
+    ($out:expr) => {
+        ChecksumHeaders {
+            values: [
+                $out.checksum_crc64_nvme(),
+                $out.checksum_crc32_c(),
+                $out.checksum_crc32(),
+                $out.checksum_sha256(),
+                $out.checksum_sha1(),
+            ],
+            kind: $out.checksum_type(),
+            encrypted: encrypted($out.server_side_encryption(), $out.sse_customer_algorithm()),
+        }
+    };
+}
+
 /// The checksum headers of a HeadObject or GetObject response, in hoardfs's order of
 /// preference: CRC64NVME, CRC32C, CRC32, SHA256, SHA1.
 struct ChecksumHeaders<'a> {
@@ -342,12 +360,7 @@ impl ObjectClient for S3Client {
                 .send()
                 .await
                 .map_err(|e| classify(&what, e))?;
-            let headers = ChecksumHeaders {
-                values: [h.checksum_crc64_nvme(), h.checksum_crc32_c(), h.checksum_crc32(), h.checksum_sha256(), h.checksum_sha1()],
-                kind: h.checksum_type(),
-                encrypted: encrypted(h.server_side_encryption(), h.sse_customer_algorithm()),
-            };
-            self.resolve(&key, &etag, headers).await
+            self.resolve(&key, &etag, checksum_headers!(h)).await
         })
     }
 
@@ -373,37 +386,29 @@ impl ObjectClient for S3Client {
 
 impl S3Client {
     async fn get_whole_once(&self, key: &str, etag: &str) -> Result<(Bytes, ObjectChecksum), ObjectError> {
-        {
-            let (key, etag) = (key.to_string(), etag.to_string());
-            let what = format!("GetObject s3://{}/{key}", self.bucket);
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .if_match(&etag)
-                .checksum_mode(ChecksumMode::Enabled)
-                .send()
-                .await
-                .map_err(|e| classify(&what, e))?;
-            let headers = ChecksumHeaders {
-                values: [out.checksum_crc64_nvme(), out.checksum_crc32_c(), out.checksum_crc32(), out.checksum_sha256(), out.checksum_sha1()],
-                kind: out.checksum_type(),
-                encrypted: encrypted(out.server_side_encryption(), out.sse_customer_algorithm()),
-            };
-            let expected_len = out.content_length().unwrap_or(0).max(0) as u64;
-            // Owned copies, so the body can be consumed after the headers are read.
-            let headers = headers.to_owned();
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| ObjectError::Truncated(format!("{what}: {}", source_chain(&e))))?
-                .into_bytes();
-            check_body_len(&(0..expected_len), &body)?;
-            let checksum = self.resolve(&key, &etag, headers.borrowed()).await?;
-            Ok((body, checksum))
-        }
+        let what = format!("GetObject s3://{}/{key}", self.bucket);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| classify(&what, e))?;
+        // Owned copies, so the body can be consumed after the headers are read.
+        let headers = checksum_headers!(out).to_owned();
+        let expected_len = out.content_length().unwrap_or(0).max(0) as u64;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ObjectError::Truncated(format!("{what}: {}", source_chain(&e))))?
+            .into_bytes();
+        check_body_len(&(0..expected_len), &body)?;
+        let checksum = self.resolve(key, etag, headers.borrowed()).await?;
+        Ok((body, checksum))
     }
 
     fn list_impl(
