@@ -165,3 +165,23 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(std::fs::read(foreign.join("thesis.tex")).unwrap(), b"precious");
     assert!(!is_mounted(&mp));
 }
+
+#[test]
+fn wrong_credentials_are_named_with_exit_status_3() {
+    // moto checks credentials when told to; these keys do not exist there.
+    let server = S3Server::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
+    std::fs::create_dir(&mp).unwrap();
+    let out = hoardfs()
+        .args(mount_args(&server, "any-bucket", &mp, &cache))
+        .arg("--foreground")
+        .env("AWS_ACCESS_KEY_ID", "not-a-key")
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{msg}");
+    assert!(msg.contains("refused the credentials") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
+    assert!(!is_mounted(&mp));
+}

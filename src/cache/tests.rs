@@ -169,3 +169,30 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    // Room for two 4-block entries and their indexes, not three.
+    let config = CacheConfig { max_size: Some(11 * 4096), ..small_blocks() };
+    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap();
+    let info = |key: &str, etag: &str| crate::object::ObjectInfo { key: key.into(), size: 4 * 4096, etag: etag.into(), last_modified: SystemTime::now() };
+    let none = crate::checksum::ObjectChecksum::none;
+    // Oldest: another key. Then version 1 of "model", then version 2 of "model".
+    for (key, etag) in [("other", "\"o\""), ("model", "\"v1\""), ("model", "\"v2\"")] {
+        let obj = cache.create("b", &info(key, etag), none()).unwrap();
+        for b in 0..4 {
+            let data = Bytes::from(vec![b as u8; 4096]);
+            let hash = crate::checksum::block_hash(&data);
+            cache.write_block(&obj, b, data, hash, 0).await;
+        }
+    }
+    let left: Vec<String> = cache
+        .entry_ids()
+        .iter()
+        .map(|id| ObjectIndex::read_snapshot(&cache.dir().paths(id).1).unwrap().header.etag)
+        .collect();
+    assert!(left.contains(&"\"o\"".to_string()), "the other key's older entry stays: {left:?}");
+    assert!(!left.contains(&"\"v1\"".to_string()), "the superseded version went first: {left:?}");
+}

@@ -57,9 +57,16 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// A server with extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0` to make moto check
+    /// credentials.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
         set_test_env();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(moto_bin())
+            .envs(env.iter().copied())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
