@@ -138,11 +138,22 @@ class Hoardfs:
             time.sleep(0.05)
 
 
-class Rclone:
-    name = "rclone vfs full"
+class PeerMount:
+    """A peer FUSE mounter run in the foreground; it counts no requests we can read."""
 
     def __init__(self, moto, bucket, mnt, cache):
         self.moto, self.bucket, self.mnt, self.cache = moto, bucket, mnt, cache
+
+    def gets(self):
+        return None
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", self.mnt])
+        self.proc.wait()
+
+
+class Rclone(PeerMount):
+    name = "rclone vfs full"
 
     def mount(self):
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 rejects it
@@ -155,19 +166,9 @@ class Rclone:
         self.pid = self.proc.pid
         wait_mounted(self.mnt)
 
-    def gets(self):
-        return None
 
-    def unmount(self):
-        subprocess.run(["fusermount3", "-u", self.mnt])
-        self.proc.wait()
-
-
-class S3fs:
+class S3fs(PeerMount):
     name = "s3fs use_cache"
-
-    def __init__(self, moto, bucket, mnt, cache):
-        self.moto, self.bucket, self.mnt, self.cache = moto, bucket, mnt, cache
 
     def mount(self):
         pw = os.path.join(os.path.dirname(self.cache), "s3fs.passwd")
@@ -179,13 +180,6 @@ class S3fs:
                                       "-o", f"use_cache={self.cache}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
         wait_mounted(self.mnt)
-
-    def gets(self):
-        return None
-
-    def unmount(self):
-        subprocess.run(["fusermount3", "-u", self.mnt])
-        self.proc.wait()
 
 
 def wait_mounted(mnt):
