@@ -190,8 +190,8 @@ impl HoardFs {
         obj.header().object_size <= CHECK_AT_OPEN_MAX && obj.is_complete() && !obj.all_checked() && self.verifier.servable(obj)
     }
 
-    /// The open's answer if it needs no request to S3: fresh metadata and an existing cache
-    /// entry (the FUSE thread answers it at once).
+    /// The open's answer if it needs neither S3 nor the disk: fresh metadata and a cache entry
+    /// already in memory (the FUSE thread answers it at once).
     pub fn try_open(&self, ino: u64, write: bool) -> Option<Result<(u64, Option<PathBuf>), FsError>> {
         if write {
             return Some(Err(FsError::new(libc::EROFS, "hoardfs is read-only")));
@@ -200,13 +200,8 @@ impl HoardFs {
             Ok(info) => info,
             Err(e) => return Some(Err(e.into())),
         };
-        let obj = match self.cache.open_existing(&self.bucket, &info) {
-            Ok(None) => return None,
-            Ok(Some(obj)) if self.check_at_open(&obj) => return None,
-            Ok(Some(obj)) => Ok(obj),
-            Err(e) => Err(e),
-        };
-        Some(Ok(self.register(ino, info, obj)))
+        let obj = self.cache.open_in_memory(&self.bucket, &info).filter(|obj| !self.check_at_open(obj))?;
+        Some(Ok(self.register(ino, info, Ok(obj))))
     }
 
     /// Creates the handle and says whether its object may be read by the kernel directly.

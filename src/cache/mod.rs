@@ -216,16 +216,25 @@ impl BlockCache {
         self.state.lock().unwrap().lru.len()
     }
 
+    /// The entry for an object version if it is already in memory; never touches the disk, so
+    /// the FUSE thread may call it.
+    pub fn open_in_memory(&self, bucket: &str, info: &ObjectInfo) -> Option<Arc<CachedObject>> {
+        let id = ObjectId::new(bucket, &info.key, &info.etag);
+        let mut state = self.state.lock().unwrap();
+        let obj = state.open.get(&id).and_then(Weak::upgrade)?;
+        state.lru.promote(&id);
+        state.warm.put(id, obj.clone());
+        Some(obj)
+    }
+
     /// The entry for an object version if the cache has one (opening its files), else `None`.
     /// A damaged entry is deleted and reported as absent.
     pub fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
-        let id = ObjectId::new(bucket, &info.key, &info.etag);
-        let mut state = self.state.lock().unwrap();
-        if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
-            state.lru.promote(&id);
-            state.warm.put(id, obj.clone());
+        if let Some(obj) = self.open_in_memory(bucket, info) {
             return Ok(Some(obj));
         }
+        let id = ObjectId::new(bucket, &info.key, &info.etag);
+        let mut state = self.state.lock().unwrap();
         let (data_path, idx_path) = self.dir.paths(&id);
         let index = match ObjectIndex::open(&idx_path) {
             Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
