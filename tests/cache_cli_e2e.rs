@@ -54,6 +54,21 @@ fn inspection_verification_and_eviction_match_what_was_read() {
     let mut head = vec![0u8; 4096];
     std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(mount.path("other/c.bin")).unwrap(), &mut head, 0).unwrap();
 
+    // Blocks are written just after readers are answered (by design); let the cache settle:
+    // all of a and b and part of c claimed on disk, and two equal stats in a row.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = Value::Null;
+    loop {
+        let now = json(&["stat", "--cache-dir", dir, "--json"]);
+        let cached = now["bytes_cached"].as_u64().unwrap_or(0);
+        if cached > 5 * MIB as u64 && now["bytes_cached"] == last["bytes_cached"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cache never settled: {now}");
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // Beside the running mount: stat sees it and its live counters; ls sees the objects.
     let stat = json(&["stat", "--cache-dir", dir, "--json"]);
     assert_eq!(stat["mount"]["running"], true);
