@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -13,29 +13,11 @@ fn hoardfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hoardfs"))
 }
 
-fn is_mounted(mp: &Path) -> bool {
-    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
-}
-
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Unmounts (lazily, so a wedged mount cannot block) whatever a failed test left behind.
-struct Unmount(PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0).status();
-        }
     }
 }
 
@@ -60,7 +42,7 @@ fn background_mount_returns_when_ready_and_fusermount_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
     std::fs::create_dir(&mp).unwrap();
-    let _guard = Unmount(mp.clone());
+    let _guard = LazyUnmount(mp.clone());
 
     // output() waits for stdout/stderr to close: it returns only if the daemon detached.
     let out = hoardfs().args(mount_args(&server, "daemon", &mp, &cache)).output().unwrap();
@@ -82,7 +64,7 @@ fn foreground_mount_unmounts_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
     std::fs::create_dir(&mp).unwrap();
-    let _guard = Unmount(mp.clone());
+    let _guard = LazyUnmount(mp.clone());
 
     let mut child = hoardfs().args(mount_args(&server, "foreground", &mp, &cache)).arg("--foreground").spawn().unwrap();
     wait_until("the mount", Duration::from_secs(20), || is_mounted(&mp));
@@ -116,7 +98,7 @@ fn bad_input_gets_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (mp, cache) = (tmp.path().join("mnt"), tmp.path().join("cache"));
     std::fs::create_dir(&mp).unwrap();
-    let _guard = Unmount(mp.clone());
+    let _guard = LazyUnmount(mp.clone());
     let base = mount_args(&server, "exists", &mp, &cache);
     let with = |f: &dyn Fn(&mut Vec<String>)| {
         let mut a = base.clone();

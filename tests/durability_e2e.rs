@@ -12,20 +12,6 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn is_mounted(mp: &Path) -> bool {
-    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
-    std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
-}
-
-struct LazyUnmount(PathBuf);
-impl Drop for LazyUnmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn kill_9_during_a_fill_then_remount_serves_only_correct_bytes() {
     require_fuse();

@@ -312,3 +312,23 @@ pub fn verify_states(cache: &Path) -> std::collections::BTreeMap<String, hoardfs
         })
         .collect()
 }
+
+/// Whether `mp` is a mount point now (from /proc/mounts).
+pub fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+}
+
+/// Unmounts (lazily, so a wedged mount cannot block) whatever a failed test left behind.
+pub struct LazyUnmount(pub PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0).status();
+        }
+    }
+}
