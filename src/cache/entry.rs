@@ -183,11 +183,6 @@ impl CachedObject {
         }
     }
 
-    /// The data file, for reading a finished unit back to hash it.
-    pub fn data_file(&self) -> &Arc<File> {
-        &self.data
-    }
-
     /// Whether block `b`'s blake3 was checked in this mount.
     pub fn block_checked(&self, b: u64) -> bool {
         self.was_checked(b)

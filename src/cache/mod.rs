@@ -201,11 +201,6 @@ impl BlockCache {
         self.config.block_size
     }
 
-    /// The I/O engine in use.
-    pub fn io(&self) -> &Arc<dyn IoEngine> {
-        &self.io
-    }
-
     /// Accounted bytes on disk (data rounded to 4 KiB units, plus indexes).
     pub fn total_bytes(&self) -> u64 {
         self.state.lock().unwrap().total
