@@ -1,10 +1,13 @@
-//! Filling cache misses from S3: one ranged GET per missing block, never two for the same block
-//! at once (single-flight), a bounded number in flight, and prefetch for sequential readers.
+//! Filling cache misses from S3 with ranged GETs: never two loads of one block at once
+//! (single-flight), runs of neighbouring missing blocks coalesced into one GET of up to
+//! [`FetchLimits::max_get_size`], a bounded number of GETs in flight, and prefetch for
+//! sequential readers.
 //!
 //! A fetch runs as its own task, so a reader that gives up (a cancelled FUSE request) does not
-//! waste the GET: the block still lands in the cache for the next reader.
+//! waste the GET: the blocks still land in the cache for the next reader.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,9 +20,28 @@ use crate::object::ObjectInfo;
 use crate::metrics::Metrics;
 use crate::object::{ObjectClient, ObjectError};
 
-/// Concurrent GETs at most, by default. 16 saturates a loopback server and, with 1 MiB blocks,
-/// keeps about 16 MiB in flight.
+/// Concurrent GETs at most, by default. 16 saturates a loopback server.
 pub const DEFAULT_MAX_CONCURRENT_GETS: usize = 16;
+
+/// Largest coalesced GET, by default. Per-request cost dominates below a few MiB (on S3 and on
+/// local servers alike); 8 MiB keeps at most 16 × 8 = 128 MiB in flight.
+pub const DEFAULT_MAX_GET_SIZE: u64 = 8 << 20;
+
+/// How hard the fetcher may pull on S3, and so how much memory fetches hold at most
+/// (`max_concurrent_gets × max_get_size`).
+#[derive(Clone, Copy, Debug)]
+pub struct FetchLimits {
+    /// GETs in flight at once.
+    pub max_concurrent_gets: usize,
+    /// Bytes in one GET; runs of missing blocks longer than this are split. At least one block.
+    pub max_get_size: u64,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        Self { max_concurrent_gets: DEFAULT_MAX_CONCURRENT_GETS, max_get_size: DEFAULT_MAX_GET_SIZE }
+    }
+}
 
 /// Why a block could not be fetched; cloned to every waiter of a shared fetch.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -45,113 +67,209 @@ impl From<ObjectError> for FetchError {
     }
 }
 
-type Waiters = Vec<oneshot::Sender<Result<Bytes, FetchError>>>;
+type Waiter = oneshot::Sender<Result<Bytes, FetchError>>;
+
+/// A block on its way: await [`PendingBlock::wait`] for its bytes.
+pub struct PendingBlock(oneshot::Receiver<Result<Bytes, FetchError>>);
+
+impl PendingBlock {
+    /// The block's bytes, or why they could not be had.
+    pub async fn wait(self) -> Result<Bytes, FetchError> {
+        self.0.await.unwrap_or_else(|_| Err(FetchError::Failed("fetch task ended without an answer".into())))
+    }
+}
+
+/// One block as fetched: bytes, blake3, CRC of the object's algorithm.
+type Fetched = (Bytes, [u8; 32], u64);
 
 /// The background fetcher of one mount.
 pub struct Fetcher {
     client: Arc<dyn ObjectClient>,
     cache: Arc<BlockCache>,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<(ObjectId, u64), Waiters>>,
+    inflight: Mutex<HashMap<(ObjectId, u64), Vec<Waiter>>>,
     permits: Semaphore,
+    max_get_size: u64,
 }
 
 impl Fetcher {
-    /// A fetcher allowing `max_concurrent_gets` GETs at once.
-    pub fn new(client: Arc<dyn ObjectClient>, cache: Arc<BlockCache>, metrics: Arc<Metrics>, max_concurrent_gets: usize) -> Arc<Self> {
+    /// A fetcher within `limits`.
+    pub fn new(client: Arc<dyn ObjectClient>, cache: Arc<BlockCache>, metrics: Arc<Metrics>, limits: FetchLimits) -> Arc<Self> {
         Arc::new(Self {
             client,
             cache,
             metrics,
             inflight: Mutex::default(),
-            permits: Semaphore::new(max_concurrent_gets.max(1)),
+            permits: Semaphore::new(limits.max_concurrent_gets.max(1)),
+            max_get_size: limits.max_get_size,
         })
     }
 
     /// The whole of block `b`: read from disk and verified if present, else fetched from S3 and
     /// stored. Concurrent callers for one block share one load.
     pub async fn load(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) -> Result<Bytes, FetchError> {
-        let (tx, rx) = oneshot::channel();
-        self.start(obj, b, Some(tx));
-        rx.await.unwrap_or_else(|_| Err(FetchError::Failed("fetch task ended without an answer".into())))
+        self.load_each(obj, &[b]).pop().expect("one block asked, one answer").wait().await
     }
 
-    /// Starts fetching block `b` in the background unless it is present or already coming.
-    pub fn prefetch(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64) {
-        if b < obj.block_count() && !obj.is_present(b) && self.start(obj, b, None) {
-            Metrics::add(&self.metrics.prefetch_blocks, 1);
-        }
+    /// Loads of `blocks` (ascending), as [`Fetcher::load`] but started together, so that
+    /// neighbouring missing blocks come in one GET. One pending answer per block, in order.
+    pub fn load_each(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: &[u64]) -> Vec<PendingBlock> {
+        let mut pending = Vec::with_capacity(blocks.len());
+        self.claim(obj, blocks.iter().copied(), |_| {
+            let (tx, rx) = oneshot::channel();
+            pending.push(PendingBlock(rx));
+            Some(tx)
+        });
+        pending
     }
 
-    /// Registers `waiter` for block `b`; spawns the fetch if nobody else has. Returns whether a
-    /// new fetch was spawned.
-    fn start(self: &Arc<Self>, obj: &Arc<CachedObject>, b: u64, waiter: Option<oneshot::Sender<Result<Bytes, FetchError>>>) -> bool {
-        let key = (obj.id, b);
-        let mut inflight = self.inflight.lock().unwrap();
-        if let Some(waiters) = inflight.get_mut(&key) {
-            waiters.extend(waiter);
-            return false;
-        }
-        inflight.insert(key, waiter.into_iter().collect());
-        drop(inflight);
-        let this = Arc::clone(self);
-        let obj = Arc::clone(obj);
-        tokio::spawn(async move { this.run(obj, b).await });
-        true
+    /// Starts fetching the missing blocks of `blocks` in the background (those neither present
+    /// nor already coming), coalesced into as few GETs as the size limit allows.
+    pub fn prefetch(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: Range<u64>) {
+        let blocks = blocks.start..blocks.end.min(obj.block_count());
+        let claimed = self.claim(obj, blocks.filter(|&b| !obj.is_present(b)), |_| None);
+        Metrics::add(&self.metrics.prefetch_blocks, claimed);
     }
 
-    async fn run(self: Arc<Self>, obj: Arc<CachedObject>, b: u64) {
-        let key = (obj.id, b);
-        if let Some(bytes) = self.cache.read_verified(&obj, b).await {
-            let waiters = self.inflight.lock().unwrap().remove(&key).unwrap_or_default();
-            for w in waiters {
-                let _ = w.send(Ok(bytes.clone()));
+    /// Blocks in one GET of this object at most.
+    pub fn blocks_per_get(&self, obj: &CachedObject) -> u64 {
+        (self.max_get_size / obj.header().block_size as u64).max(1)
+    }
+
+    /// Registers a waiter (from `waiter`) for each block of `blocks`; blocks nobody is loading
+    /// yet are claimed, grouped into runs of neighbours, and each run is loaded by one task.
+    /// Returns how many blocks were claimed.
+    fn claim(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: impl Iterator<Item = u64>, mut waiter: impl FnMut(u64) -> Option<Waiter>) -> u64 {
+        let per_get = self.blocks_per_get(obj);
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            for b in blocks {
+                let w = waiter(b);
+                if let Some(waiters) = inflight.get_mut(&(obj.id, b)) {
+                    waiters.extend(w);
+                    continue;
+                }
+                inflight.insert((obj.id, b), w.into_iter().collect());
+                match runs.last_mut() {
+                    Some(run) if run.end == b && run.end - run.start < per_get => run.end += 1,
+                    _ => runs.push(b..b + 1),
+                }
             }
-            return;
         }
-        let result = self.get_block(&obj, b).await;
-        // Answer everyone waiting now, then write; readers who arrive during the write join the
-        // entry (still present) and are answered after it.
-        let waiters = std::mem::take(self.inflight.lock().unwrap().get_mut(&key).unwrap());
-        answer(waiters, &result);
-        if let Ok((bytes, hash, crc)) = &result {
-            self.cache.write_block(&obj, b, bytes.clone(), *hash, *crc).await;
+        let claimed = runs.iter().map(|r| r.end - r.start).sum();
+        for run in runs {
+            let (this, obj) = (Arc::clone(self), Arc::clone(obj));
+            tokio::spawn(async move { this.run(obj, run).await });
         }
-        let late = self.inflight.lock().unwrap().remove(&key).unwrap_or_default();
-        answer(late, &result);
+        claimed
     }
 
-    /// GETs block `b`. If a verified unit already vouches for the block's digest (it was
-    /// verified but did not fit in the cache), the bytes must match it: one mismatch is
-    /// refetched, a second is an error, so a corrupt refetch never passes for verified bytes.
-    async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<(Bytes, [u8; 32], u64), FetchError> {
+    /// Loads a claimed run: blocks present on disk are read (and checked) from there, the
+    /// missing ones fetched in one GET per stretch of neighbours.
+    async fn run(self: Arc<Self>, obj: Arc<CachedObject>, run: Range<u64>) {
+        let mut missing: Vec<u64> = Vec::new();
+        for b in run {
+            if obj.is_present(b) {
+                if let Some(bytes) = self.cache.read_verified(&obj, b).await {
+                    self.finish(&obj, b, &Ok((bytes, [0; 32], 0)), false).await;
+                    continue;
+                }
+            }
+            missing.push(b);
+        }
+        for stretch in stretches(&missing) {
+            match self.get_blocks(&obj, stretch.clone()).await {
+                Ok(blocks) => {
+                    // Answer every waiter first, then write: nobody waits on the disk.
+                    for (b, block) in stretch.clone().zip(&blocks) {
+                        self.answer(&obj, b, &Ok(block.clone()));
+                    }
+                    for (b, block) in stretch.zip(blocks) {
+                        self.finish(&obj, b, &Ok(block), true).await;
+                    }
+                }
+                Err(e) => {
+                    for b in stretch {
+                        self.finish(&obj, b, &Err(e.clone()), false).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the waiters of block `b` that are registered now; the entry stays, so readers
+    /// arriving meanwhile still join this load rather than start another.
+    fn answer(&self, obj: &CachedObject, b: u64, result: &Result<Fetched, FetchError>) {
+        let waiters = self.inflight.lock().unwrap().get_mut(&(obj.id, b)).map(std::mem::take).unwrap_or_default();
+        reply(waiters, result);
+    }
+
+    /// Stores a fetched block (if `store`), then ends its load, answering late waiters.
+    async fn finish(&self, obj: &Arc<CachedObject>, b: u64, result: &Result<Fetched, FetchError>, store: bool) {
+        if let (true, Ok((bytes, hash, crc))) = (store, result) {
+            self.cache.write_block(obj, b, bytes.clone(), *hash, *crc).await;
+        }
+        let late = self.inflight.lock().unwrap().remove(&(obj.id, b)).unwrap_or_default();
+        reply(late, result);
+    }
+
+    /// GETs blocks `blocks` in one request and cuts the body into blocks. A block for which a
+    /// verified unit already vouches (verified, then evicted) must match that digest; a
+    /// mismatching one is fetched again alone, and a second mismatch is an error, so a corrupt
+    /// refetch never passes for verified bytes.
+    async fn get_blocks(&self, obj: &CachedObject, blocks: Range<u64>) -> Result<Vec<Fetched>, FetchError> {
+        let h = obj.header();
+        let bs = h.block_size as u64;
+        let range = blocks.start * bs..(blocks.end * bs).min(h.object_size);
+        let body = {
+            let _permit = self.permits.acquire().await.expect("semaphore is never closed");
+            self.client.get_range(&h.key, &h.etag, range.clone()).await.map_err(|e| {
+                tracing::warn!("fetching bytes {}-{} of s3://{}/{}: {e}", range.start, range.end - 1, h.bucket, h.key);
+                FetchError::from(e)
+            })?
+        };
+        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        for b in blocks {
+            let start = (b * bs - range.start) as usize;
+            let bytes = body.slice(start..start + h.block_len(b));
+            match self.digests(obj, b, bytes, 1) {
+                Some(block) => out.push(block),
+                None => out.push(self.get_block(obj, b).await?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// GETs block `b` alone, for a block whose coalesced copy failed its verified digest.
+    async fn get_block(&self, obj: &CachedObject, b: u64) -> Result<Fetched, FetchError> {
         let h = obj.header();
         let start = b * h.block_size as u64;
         let range = start..start + h.block_len(b) as u64;
-        let _permit = self.permits.acquire().await.expect("semaphore is never closed");
-        for attempt in 1..=2 {
-            let bytes = self.client.get_range(&h.key, &h.etag, range.clone()).await.map_err(|e| {
-                tracing::warn!("fetching block {b} of s3://{}/{}: {e}", h.bucket, h.key);
-                FetchError::from(e)
-            })?;
-            // Both digests in one pass over fresh bytes: blake3 guards them at rest, the CRC (if
-            // the object has a CRC checksum) lets its unit verify by combination later.
-            let hash = block_hash(&bytes);
-            match obj.proven_hash(b) {
-                Some(expected) if expected != hash => {
-                    Metrics::add(&self.metrics.verify_failures, 1);
-                    tracing::warn!(
-                        "block {b} of s3://{}/{} (ETag {}) does not match its verified digest (attempt {attempt} of 2)",
-                        h.bucket, h.key, h.etag
-                    );
-                }
-                _ => return Ok((bytes.clone(), hash, block_crc(h.checksum.algorithm, &bytes))),
-            }
+        let bytes = {
+            let _permit = self.permits.acquire().await.expect("semaphore is never closed");
+            self.client.get_range(&h.key, &h.etag, range).await?
+        };
+        self.digests(obj, b, bytes, 2).ok_or_else(|| {
+            FetchError::Failed(format!("block {b} of s3://{}/{} (ETag {}) failed its verified digest twice", h.bucket, h.key, h.etag))
+        })
+    }
+
+    /// Both digests of fresh bytes in one pass (blake3 guards them at rest; the CRC lets their
+    /// unit verify by combination later), or `None` if they contradict a verified digest.
+    fn digests(&self, obj: &CachedObject, b: u64, bytes: Bytes, attempt: u32) -> Option<Fetched> {
+        let h = obj.header();
+        let hash = block_hash(&bytes);
+        if obj.proven_hash(b).is_some_and(|expected| expected != hash) {
+            Metrics::add(&self.metrics.verify_failures, 1);
+            tracing::warn!(
+                "block {b} of s3://{}/{} (ETag {}) does not match its verified digest (attempt {attempt} of 2)",
+                h.bucket, h.key, h.etag
+            );
+            return None;
         }
-        Err(FetchError::Failed(format!(
-            "block {b} of s3://{}/{} (ETag {}) failed its verified digest twice",
-            h.bucket, h.key, h.etag
-        )))
+        let crc = block_crc(h.checksum.algorithm, &bytes);
+        Some((bytes, hash, crc))
     }
 
     /// The cache entry of an object version, created on first use with what S3 offers to verify
@@ -190,14 +308,118 @@ impl Fetcher {
 
     /// A range straight from S3 without caching: the path of last resort when the cache cannot
     /// hold an entry for the object at all.
-    pub async fn fetch_uncached(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> Result<Bytes, FetchError> {
+    pub async fn fetch_uncached(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
         let _permit = self.permits.acquire().await.expect("semaphore is never closed");
         Ok(self.client.get_range(key, etag, range).await?)
     }
 }
 
-fn answer(waiters: Waiters, result: &Result<(Bytes, [u8; 32], u64), FetchError>) {
+/// Runs of consecutive numbers in an ascending list.
+fn stretches(blocks: &[u64]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for &b in blocks {
+        match out.last_mut() {
+            Some(r) if r.end == b => r.end += 1,
+            _ => out.push(b..b + 1),
+        }
+    }
+    out
+}
+
+fn reply(waiters: Vec<Waiter>, result: &Result<Fetched, FetchError>) {
     for w in waiters {
         let _ = w.send(result.clone().map(|(bytes, _, _)| bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::cache::{CacheConfig, CacheDir};
+    use crate::io::{probe, EngineChoice};
+    use crate::object::counting::CountingClient;
+    use crate::object::memory::MemoryClient;
+    use crate::testing::{pattern, small_blocks};
+
+    const BS: usize = 4096;
+
+    /// A fetcher over one 10-block object, allowing GETs of `get_blocks` blocks.
+    async fn setup(dir: &std::path::Path, get_blocks: u64) -> (Arc<Fetcher>, Arc<CachedObject>, Arc<Metrics>, Vec<u8>, Arc<MemoryClient>) {
+        let mem = Arc::new(MemoryClient::new("b"));
+        let body = pattern(BS * 10 - 7, 5);
+        let info = mem.put("obj", body.clone());
+        let metrics = Arc::new(Metrics::default());
+        let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem.clone(), metrics.clone()));
+        let config: CacheConfig = small_blocks();
+        let cache = Arc::new(BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap());
+        let limits = FetchLimits { max_concurrent_gets: 4, max_get_size: get_blocks * BS as u64 };
+        let fetcher = Fetcher::new(client, cache, metrics.clone(), limits);
+        let obj = fetcher.entry(&info).await.unwrap().unwrap();
+        (fetcher, obj, metrics, body, mem)
+    }
+
+    fn gets(m: &Metrics) -> u64 {
+        m.s3_get_requests.load(Ordering::Relaxed)
+    }
+
+    async fn check(pending: Vec<PendingBlock>, blocks: &[u64], body: &[u8]) {
+        for (&b, p) in blocks.iter().zip(pending) {
+            let start = b as usize * BS;
+            assert_eq!(p.wait().await.unwrap(), body[start..(start + BS).min(body.len())], "block {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn neighbouring_blocks_share_a_get_up_to_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, obj, m, body, _) = setup(dir.path(), 4).await;
+        let blocks = [0, 1, 2, 3, 4, 5, 7, 8, 9];
+        check(f.load_each(&obj, &blocks), &blocks, &body).await;
+        // 0-3 (the limit), 4-5, 7-9 (the last block is short).
+        assert_eq!(gets(&m), 3);
+        f.drain().await;
+        assert!(blocks.iter().all(|&b| obj.is_present(b)) && !obj.is_present(6));
+    }
+
+    #[tokio::test]
+    async fn blocks_already_cached_are_read_from_disk_and_split_the_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, obj, m, body, _) = setup(dir.path(), 8).await;
+        check(f.load_each(&obj, &[2]), &[2], &body).await;
+        f.drain().await;
+        let blocks = [0, 1, 2, 3, 4];
+        check(f.load_each(&obj, &blocks), &blocks, &body).await;
+        // Block 2 from disk; 0-1 and 3-4 in one GET each.
+        assert_eq!(gets(&m), 3);
+    }
+
+    #[tokio::test]
+    async fn prefetch_skips_present_blocks_and_a_load_joins_a_prefetch_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, obj, m, body, _) = setup(dir.path(), 4).await;
+        check(f.load_each(&obj, &[5]), &[5], &body).await;
+        f.drain().await;
+        f.prefetch(&obj, 0..20); // clipped to the object's 10 blocks
+        check(f.load_each(&obj, &[1, 6]), &[1, 6], &body).await;
+        f.drain().await;
+        // 1 for block 5, then 0-3, 4, 6-9.
+        assert_eq!(gets(&m), 4);
+        assert_eq!(m.prefetch_blocks.load(Ordering::Relaxed), 9);
+        assert!(obj.is_complete());
+    }
+
+    #[tokio::test]
+    async fn a_failed_get_fails_every_block_it_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, obj, m, _, mem) = setup(dir.path(), 8).await;
+        mem.put("obj", pattern(BS * 10 - 7, 6)); // a new version: If-Match fails
+        for p in f.load_each(&obj, &[0, 1, 2]) {
+            assert!(matches!(p.wait().await, Err(FetchError::Changed(_))));
+        }
+        assert_eq!(gets(&m), 1);
+        f.drain().await; // returns: no block is left claimed
+        assert!((0..3).all(|b| !obj.is_present(b)));
     }
 }

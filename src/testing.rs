@@ -37,7 +37,7 @@ pub fn rig_with(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config
     let cache = Arc::new(
         BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(engine).unwrap(), metrics.clone(), config).unwrap(),
     );
-    let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), 4);
+    let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), crate::fetch::FetchLimits { max_concurrent_gets: 4, ..Default::default() });
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let meta = Meta::new(client, "", None, None);
     let fs = HoardFs::new(meta, cache.clone(), fetcher, verifier, "b".into(), PrefetchConfig::default());

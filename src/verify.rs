@@ -223,21 +223,14 @@ impl Verifier {
         // Load every missing block at once (the fetcher bounds how many GETs run). A load answers
         // before its block is claimed in the index, so CRCs of loaded blocks come from their
         // bytes, and those of blocks already present from their index records.
-        let loads: Vec<_> = blocks
-            .iter()
-            .filter(|&&b| !obj.is_present(b))
-            .map(|&b| {
-                let (f, o) = (self.fetcher.clone(), obj.clone());
-                let alg = h.checksum.algorithm;
-                (b, tokio::spawn(async move { f.load(&o, b).await.map(|bytes| (block_crc(alg, &bytes), block_hash(&bytes))) }))
-            })
-            .collect();
+        let missing: Vec<u64> = blocks.iter().copied().filter(|&b| !obj.is_present(b)).collect();
+        let loads = self.fetcher.load_each(obj, &missing);
         let mut loaded = HashMap::new();
         let mut digests = Vec::new();
-        for (b, l) in loads {
-            let (crc, hash) = l.await.map_err(|e| FetchError::Failed(format!("load task: {e}")))??;
-            loaded.insert(b, crc);
-            digests.push((b, hash));
+        for (&b, pending) in missing.iter().zip(loads) {
+            let bytes = pending.wait().await?;
+            loaded.insert(b, block_crc(h.checksum.algorithm, &bytes));
+            digests.push((b, block_hash(&bytes)));
         }
         // If the unit verifies, these digests are what its blocks' bytes were; blocks the cache
         // could not keep are checked against them when fetched again.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::cache::BlockCache;
 use crate::checksum::Algorithm;
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchLimits, Fetcher};
 use crate::metrics::Metrics;
 use crate::object::{ObjectClient, ObjectError, ObjectInfo};
 use crate::verify::{Verifier, VerifyPolicy};
@@ -79,10 +79,10 @@ pub async fn warm(
     policy: VerifyPolicy,
     objects: Vec<ObjectInfo>,
     parallel_objects: usize,
-    max_concurrent_gets: usize,
+    limits: FetchLimits,
     progress: indicatif::ProgressBar,
 ) -> WarmReport {
-    let fetcher = Fetcher::new(client, cache.clone(), metrics.clone(), max_concurrent_gets);
+    let fetcher = Fetcher::new(client, cache.clone(), metrics.clone(), limits);
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let mut report = WarmReport { objects: objects.len(), bytes_total: objects.iter().map(|o| o.size).sum(), ..Default::default() };
     progress.set_length(report.bytes_total);
@@ -123,8 +123,9 @@ pub async fn warm(
     report
 }
 
-/// Fills one object; `Ok(true)` if it was already complete.
-async fn warm_one(fetcher: &Arc<Fetcher>, verifier: &Arc<Verifier>, info: ObjectInfo) -> Result<bool, String> {
+/// Fills one object, verified as a mount would; `Ok(true)` if it was already complete. Also
+/// used by a mount's prefetch hints.
+pub(crate) async fn warm_one(fetcher: &Arc<Fetcher>, verifier: &Arc<Verifier>, info: ObjectInfo) -> Result<bool, String> {
     let obj = fetcher.entry(&info).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let complete = obj.is_complete() && verifier.servable(&obj);
     if complete {
@@ -138,15 +139,9 @@ async fn warm_one(fetcher: &Arc<Fetcher>, verifier: &Arc<Verifier>, info: Object
         }
         return Ok(false);
     }
-    let loads: Vec<_> = (0..obj.block_count())
-        .filter(|&b| !obj.is_present(b))
-        .map(|b| {
-            let (f, o) = (fetcher.clone(), obj.clone());
-            tokio::spawn(async move { f.load(&o, b).await.map(|_| ()) })
-        })
-        .collect();
-    for l in loads {
-        l.await.map_err(|e| e.to_string())?.map_err(|e: FetchError| e.to_string())?;
+    let missing: Vec<u64> = (0..obj.block_count()).filter(|&b| !obj.is_present(b)).collect();
+    for pending in fetcher.load_each(&obj, &missing) {
+        pending.wait().await.map_err(|e| e.to_string())?;
     }
     Ok(false)
 }

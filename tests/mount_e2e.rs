@@ -237,3 +237,23 @@ fn second_mount_of_one_cache_dir_is_refused() {
     let err = hoardfs::mount::mount(config).err().expect("second mount must fail").to_string();
     assert!(err.contains("in use by another hoardfs process"), "{err}");
 }
+
+#[test]
+fn a_cold_sequential_read_fetches_in_large_coalesced_gets() {
+    let server = S3Server::start();
+    let body = bytes(77, 40 * MIB + 3);
+    server.bucket("coalesce", &[("shard.bin", &body)]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Best-effort verification: bytes are served as they arrive, so the GETs are the reader's
+    // own misses and its prefetch, not one whole-object verification load.
+    let mount = TestMount::with(&server, "coalesce", &tmp.path().join("cache"), tmp.path(), |c| {
+        c.verify.mode = hoardfs::verify::VerifyMode::BestEffort;
+    });
+    assert_same("sequential read", &std::fs::read(mount.path("shard.bin")).unwrap(), &body);
+    let gets = mount.gets();
+    // 41 blocks of 1 MiB; with 8 MiB GETs about 6-8 (the first reads miss before the prefetch
+    // window has grown). One GET per block would be 41.
+    eprintln!("{gets} GETs for 41 blocks");
+    assert!(gets <= 12, "{gets} GETs for 41 blocks");
+    mount.unmount();
+}

@@ -155,7 +155,7 @@ fn corrupted_get_bodies_never_reach_a_reader() {
     std::fs::create_dir(&mp).unwrap();
     let runtime = hoardfs::mount::build_runtime().unwrap();
     let inner = runtime.block_on(S3Client::new(&server.config("faults")));
-    let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(2), bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()] });
+    let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(1), bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()] });
     let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, &tmp.path().join("cache"));
     let handle = hoardfs::mount::mount_with_client(config, client, runtime).unwrap();
 

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::{parse_s3_uri, S3Args};
 use crate::cache::{CacheConfig, CacheDir};
+use crate::fetch::FetchLimits;
 use crate::inspect::{self, EntryReport, EvictWhat, Filter};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
@@ -126,6 +127,9 @@ pub struct WarmArgs {
     /// Ranged GETs in flight at most.
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_concurrent_gets: usize,
+    /// Largest single GET (see `mount --help`).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub max_get_size: u64,
     /// Size limit for the cache (as for `mount`); least recently used objects are evicted.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_cache_size: Option<u64>,
@@ -336,7 +340,7 @@ fn warm(a: WarmArgs) -> Result<bool> {
             .expect("static template"),
     );
     let policy = VerifyPolicy { mode: a.verify, require_checksum: false };
-    let report = rt.block_on(crate::warm::warm(client, Arc::new(cache), metrics, policy, objects, a.parallel_objects, a.max_concurrent_gets, bar));
+    let report = rt.block_on(crate::warm::warm(client, Arc::new(cache), metrics, policy, objects, a.parallel_objects, FetchLimits { max_concurrent_gets: a.max_concurrent_gets, max_get_size: a.max_get_size }, bar));
     if a.common.json {
         print_json(&report)?;
     } else {
