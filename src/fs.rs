@@ -121,13 +121,15 @@ pub struct HoardFs {
     bucket: String,
     prefetch: PrefetchConfig,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Listings held by open directory handles.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
 
 impl HoardFs {
     /// Assembles the file system from its parts.
     pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, verifier: Arc<Verifier>, bucket: String, prefetch: PrefetchConfig) -> Self {
-        Self { meta, cache, fetcher, verifier, bucket, prefetch, handles: Mutex::default(), next_fh: AtomicU64::new(1) }
+        Self { meta, cache, fetcher, verifier, bucket, prefetch, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
     }
 
     /// Resolves `name` in `parent`.
@@ -149,6 +151,28 @@ impl HoardFs {
     pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>, FsError> {
         let entries = self.meta.readdir(ino).await?;
         Ok(entries.iter().map(|DirEntry { name, node }| (name.clone(), Attr::of(node))).collect())
+    }
+
+    /// Opens directory `ino`: takes its listing now and keeps it for the handle, so one `ls`
+    /// sees one listing however many calls the kernel splits it into, and each call costs only
+    /// the entries it returns (copying the listing per call made a 100,000-entry `ls` quadratic).
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let entries = self.meta.readdir(ino).await?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Entries of directory handle `fh` from index `from` on (`.` and `..` not included), with
+    /// attributes, at most `max`.
+    pub fn readdir_from(&self, fh: u64, from: usize, max: usize) -> Result<Vec<(String, Attr)>, FsError> {
+        let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
+        Ok(entries.get(from..).unwrap_or_default().iter().take(max).map(|DirEntry { name, node }| (name.clone(), Attr::of(node))).collect())
+    }
+
+    /// Forgets directory handle `fh`.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
     }
 
     /// Opens file `ino` read-only; returns the handle number.
@@ -278,16 +302,23 @@ impl HoardFs {
     async fn read_blocks(&self, obj: &Arc<CachedObject>, range: Range<u64>) -> Result<Bytes, FsError> {
         let bs = obj.header().block_size as u64;
         let (first, last) = (range.start / bs, (range.end - 1) / bs);
+        let within = |b: u64| {
+            let block_start = b * bs;
+            (range.start.max(block_start) - block_start) as usize..(range.end.min(block_start + bs) - block_start) as usize
+        };
         let mut parts = Vec::with_capacity((last - first + 1) as usize);
         for b in first..=last {
-            let block_start = b * bs;
-            let within = (range.start.max(block_start) - block_start) as usize
-                ..(range.end.min(block_start + bs) - block_start) as usize;
-            let bytes = match self.cache.read_checked(obj, b, within.clone()).await {
-                Some(bytes) => bytes,
-                None => self.fetcher.load(obj, b).await?.slice(within),
-            };
-            parts.push(bytes);
+            match self.cache.read_checked(obj, b, within(b)).await {
+                Some(bytes) => parts.push(bytes),
+                None => {
+                    // A miss: load it and the rest of the read together (one GET for neighbours).
+                    let rest: Vec<u64> = (b..=last).collect();
+                    for (b, pending) in rest.iter().zip(self.fetcher.load_each(obj, &rest)) {
+                        parts.push(pending.wait().await?.slice(within(*b)));
+                    }
+                    break;
+                }
+            }
         }
         Ok(match parts.len() {
             1 => parts.pop().unwrap(),
@@ -301,6 +332,8 @@ impl HoardFs {
 
     /// Sequential detection: a read that starts where the last one ended doubles the window
     /// (up to the configured maximum) and fetches that many blocks ahead; any other read resets.
+    /// The window's end is rounded up to a whole GET (aligned to the fetcher's GET size), so a
+    /// sequential reader's misses arrive in a few large GETs rather than one per block.
     fn prefetch_after(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>, last: u64) {
         let window = {
             let mut seq = handle.seq.lock().unwrap();
@@ -312,9 +345,21 @@ impl HoardFs {
             *seq = (range.end, window);
             window
         };
-        for b in last + 1..=last + window {
-            self.fetcher.prefetch(obj, b);
+        if window > 0 {
+            let per_get = self.fetcher.blocks_per_get(obj);
+            self.fetcher.prefetch(obj, last + 1..(last + 1 + window).next_multiple_of(per_get));
         }
+    }
+
+    /// Fetches the file at `path` (relative to the root) whole into the cache, verified: what a
+    /// prefetch hint asks for.
+    pub async fn warm_path(&self, path: &str) -> Result<(), FsError> {
+        let mut ino = crate::meta::ROOT_INO;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            ino = self.meta.lookup(ino, name).await?.ino;
+        }
+        let info = self.meta.open_file(ino).await?;
+        crate::warm::warm_one(&self.fetcher, &self.verifier, info).await.map(|_| ()).map_err(|e| FsError::new(libc::EIO, e))
     }
 
     /// Lets in-flight fetches finish writing (bounded by `timeout`) and flushes cache state;

@@ -18,6 +18,8 @@ use fuser::{
 };
 
 use crate::fs::{Attr, HoardFs};
+use crate::hints::{HintError, HintQueue, CONTROL_INO, CONTROL_NAME};
+use crate::meta::ROOT_INO;
 use crate::metrics::Metrics;
 
 /// Owner shown for every file: the user who mounted.
@@ -39,7 +41,7 @@ impl Owner {
             ctime: a.mtime,
             crtime: a.mtime,
             kind: if a.is_dir { FileType::Directory } else { FileType::RegularFile },
-            perm: if a.is_dir { 0o555 } else { 0o444 },
+            perm: if a.is_dir { 0o555 } else if a.ino == CONTROL_INO { 0o222 } else { 0o444 },
             nlink: if a.is_dir { 2 } else { 1 },
             uid: self.uid,
             gid: self.gid,
@@ -149,13 +151,18 @@ pub struct FuseAdapter {
     /// FUSE stack depth of the cache file system (1, or 2 on overlayfs).
     stack_depth: u32,
     passthrough: Arc<Passthrough>,
+    /// The prefetch control file's queue; `None` when hints are off (the mount is then `ro`).
+    hints: Option<Arc<HintQueue>>,
 }
+
+/// Attributes of the prefetch control file: write-only, always empty.
+const CONTROL_ATTR: Attr = Attr { ino: CONTROL_INO, size: 0, mtime: std::time::SystemTime::UNIX_EPOCH, is_dir: false };
 
 impl FuseAdapter {
     /// Wraps `fs`; work runs on `rt`. With `passthrough`, complete verified objects are handed
     /// to the kernel if it supports FUSE passthrough (Linux 6.9+); `cache_dir` decides the stack
     /// depth to ask for.
-    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: bool, cache_dir: &std::path::Path) -> Self {
+    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: bool, cache_dir: &std::path::Path, hints: Option<Arc<HintQueue>>) -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
@@ -170,6 +177,7 @@ impl FuseAdapter {
                 handles: Mutex::default(),
                 metrics,
             }),
+            hints,
         }
     }
 }
@@ -182,6 +190,33 @@ fn on_overlayfs(path: &std::path::Path) -> bool {
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+    }
+}
+
+/// Feeds `add` the entries of directory handle `fh` from `offset` on (`.` and `..` first) until
+/// it says the reply is full. Reads only the handle's in-memory listing, so it runs on the FUSE
+/// thread.
+fn for_each_dir_entry(fs: &HoardFs, ino: u64, fh: u64, offset: u64, mut add: impl FnMut(u64, &str, &Attr) -> bool) -> Result<(), crate::fs::FsError> {
+    const PAGE: usize = 256;
+    let me = fs.getattr(ino)?;
+    let mut i = offset;
+    for name in [".", ".."].iter().skip(offset as usize) {
+        if add(i, name, &me) {
+            return Ok(());
+        }
+        i += 1;
+    }
+    loop {
+        let page = fs.readdir_from(fh, (i - 2) as usize, PAGE)?;
+        for (name, attr) in &page {
+            if add(i, name, attr) {
+                return Ok(());
+            }
+            i += 1;
+        }
+        if page.len() < PAGE {
+            return Ok(());
+        }
     }
 }
 
@@ -214,6 +249,9 @@ impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str().map(str::to_owned) else { return reply.error(Errno::ENOENT) };
         let owner = self.owner;
+        if parent.0 == ROOT_INO && name == CONTROL_NAME && self.hints.is_some() {
+            return reply.entry(&owner.ttl, &owner.attr(&CONTROL_ATTR), Generation(0));
+        }
         // Known without S3: answer here, saving a hand-off per file on small-file epochs.
         match self.fs.try_lookup(parent.0, &name) {
             Some(Ok(a)) => return reply.entry(&owner.ttl, &owner.attr(&a), Generation(0)),
@@ -230,6 +268,9 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == CONTROL_INO {
+            return reply.attr(&self.owner.ttl, &self.owner.attr(&CONTROL_ATTR));
+        }
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.owner.ttl, &self.owner.attr(&a)),
             Err(e) => reply.error(errno(e.errno)),
@@ -238,6 +279,13 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        if let (CONTROL_INO, Some(hints)) = (ino.0, &self.hints) {
+            if !write {
+                return reply.error(Errno::EACCES); // write-only: there is nothing to read
+            }
+            let fh = hints.open(flags.0 & libc::O_TRUNC != 0);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
         match self.fs.try_open(ino.0, write) {
             Some(Ok((fh, backing))) => return self.passthrough.reply(ino.0, fh, backing, reply),
             Some(Err(e)) => return reply.error(errno(e.errno)),
@@ -275,61 +323,149 @@ impl fuser::Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: fuser::ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        self.passthrough.release(fh.0);
+        match (ino.0, &self.hints) {
+            (CONTROL_INO, Some(hints)) => hints.release(fh.0),
+            _ => {
+                self.fs.release(fh.0);
+                self.passthrough.release(fh.0);
+            }
+        }
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let Some(hints) = self.hints.as_ref().filter(|_| ino.0 == CONTROL_INO) else { return reply.error(Errno::EBADF) };
+        match hints.write(fh.0, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e @ HintError::Full) => {
+                tracing::warn!("{e}");
+                reply.error(Errno::ENOSPC)
+            }
+            Err(HintError::BadHandle) => reply.error(Errno::EBADF),
+        }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Only the control file changes, and only by truncation (open(path, "w")): it drops
+        // hints not yet started.
+        match (ino.0, &self.hints) {
+            (CONTROL_INO, Some(hints)) => {
+                if size == Some(0) {
+                    hints.clear();
+                }
+                reply.attr(&self.owner.ttl, &self.owner.attr(&CONTROL_ATTR))
+            }
+            _ => reply.error(Errno::EROFS),
+        }
+    }
+
+    fn mknod(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: fuser::ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: fuser::ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _newparent: INodeNo, _newname: &OsStr, _flags: fuser::RenameFlags, reply: fuser::ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _flags: i32, reply: fuser::ReplyCreate) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            let entries = match fs.readdir(ino.0).await {
-                Ok(e) => e,
-                Err(e) => return reply.error(errno(e.errno)),
-            };
-            // Offsets: 1 = ".", 2 = "..", 3.. = entries; the kernel passes back the last one seen.
-            let dots = [(".".to_string(), ino.0, true), ("..".to_string(), ino.0, true)];
-            let all = dots.into_iter().chain(entries.into_iter().map(|(n, a)| (n, a.ino, a.is_dir)));
-            for (i, (name, child, is_dir)) in all.enumerate().skip(offset as usize) {
-                let kind = if is_dir { FileType::Directory } else { FileType::RegularFile };
-                if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                    break;
-                }
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e.errno)),
             }
-            reply.ok();
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (fs, owner) = (self.fs.clone(), self.owner);
-        self.rt.spawn(async move {
-            let entries = match fs.readdir(ino.0).await {
-                Ok(e) => e,
-                Err(e) => return reply.error(errno(e.errno)),
-            };
-            let me = match fs.getattr(ino.0) {
-                Ok(a) => a,
-                Err(e) => return reply.error(errno(e.errno)),
-            };
-            let dots = [(".".to_string(), me.clone()), ("..".to_string(), me)];
-            for (i, (name, attr)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(attr.ino), i as u64 + 1, name, &owner.ttl, &owner.attr(&attr), Generation(0)) {
-                    break;
-                }
-            }
-            reply.ok();
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: fuser::ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        // Offsets: 1 = ".", 2 = "..", 3.. = entries; the kernel passes back the last one seen.
+        let result = for_each_dir_entry(&self.fs, ino.0, fh.0, offset, |i, name, attr| {
+            let kind = if attr.is_dir { FileType::Directory } else { FileType::RegularFile };
+            reply.add(INodeNo(attr.ino), i + 1, kind, name)
         });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e.errno)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let owner = self.owner;
+        let result = for_each_dir_entry(&self.fs, ino.0, fh.0, offset, |i, name, attr| {
+            reply.add(INodeNo(attr.ino), i + 1, name, &owner.ttl, &owner.attr(attr), Generation(0))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e.errno)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;
+pub mod hints;
 pub mod inspect;
 pub mod io;
 pub mod listing;

@@ -42,6 +42,9 @@ metrics! {
     evicted_objects => "hoardfs_cache_evicted_objects_total", "Object versions evicted to stay under --max-cache-size.";
     evicted_bytes => "hoardfs_cache_evicted_bytes_total", "Bytes evicted to stay under --max-cache-size.";
     prefetch_blocks => "hoardfs_prefetch_blocks_total", "Blocks fetched ahead of a sequential reader.";
+    hint_files_queued => "hoardfs_hint_files_queued_total", "Paths written to the prefetch control file.";
+    hint_files_done => "hoardfs_hint_files_done_total", "Hinted files now complete in the cache (fetched or already there).";
+    hint_files_failed => "hoardfs_hint_files_failed_total", "Hinted files that could not be fetched (unknown path, S3 error).";
     passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
 }
 

@@ -10,9 +10,10 @@ use fuser::{BackgroundSession, MountOption, SessionACL};
 
 use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
 use crate::cache::{BlockCache, CacheConfig, CacheDir, CacheDirError};
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchLimits, Fetcher};
 use crate::fs::{HoardFs, PrefetchConfig};
 use crate::fuse::FuseAdapter;
+use crate::hints::HintQueue;
 use crate::io::EngineChoice;
 use crate::listing::ListingStore;
 use crate::meta::Meta;
@@ -46,12 +47,15 @@ pub struct MountConfig {
     pub io_engine: EngineChoice,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
-    /// Concurrent GETs at most.
-    pub max_concurrent_gets: usize,
+    /// GETs in flight and bytes per GET at most.
+    pub fetch: FetchLimits,
     /// Read-ahead for sequential readers.
     pub prefetch: PrefetchConfig,
     /// FUSE request threads.
     pub fuse_threads: usize,
+    /// Files fetched at once from the prefetch control file ([`crate::hints`]); 0 turns the
+    /// control file off and mounts with the kernel's read-only flag. Default: 8.
+    pub hint_parallel: usize,
     /// Checking against S3's checksums.
     pub verify: VerifyPolicy,
     /// Hand complete, verified objects to the kernel (FUSE passthrough) when it supports it.
@@ -75,9 +79,10 @@ impl MountConfig {
             allow_other: false,
             io_engine: EngineChoice::Auto,
             metrics_addr: None,
-            max_concurrent_gets: crate::fetch::DEFAULT_MAX_CONCURRENT_GETS,
+            fetch: FetchLimits::default(),
             prefetch: PrefetchConfig::default(),
             fuse_threads: 2,
+            hint_parallel: crate::hints::DEFAULT_PARALLEL_FILES,
             verify: VerifyPolicy::default(),
             passthrough: true,
             read_ahead_kb: Some(1024),
@@ -201,7 +206,7 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
     tracing::info!("cache holds {} object versions, {} bytes", cache.entry_count(), cache.total_bytes());
     let fetcher = {
         let _guard = runtime.enter();
-        Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.max_concurrent_gets)
+        Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.fetch)
     };
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
     let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);
@@ -230,10 +235,18 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
     }
 
     let kernel_ttl = config.metadata_ttl.unwrap_or(INDEFINITE_KERNEL_TTL);
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), config.passthrough, &config.cache_dir);
+    let hints = (config.hint_parallel > 0).then(|| {
+        let hints = HintQueue::new(&config.mountpoint, metrics.clone());
+        let _guard = runtime.enter();
+        hints.spawn_workers(fs.clone(), config.hint_parallel);
+        hints
+    });
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), config.passthrough, &config.cache_dir, hints.clone());
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
-        MountOption::RO,
+        // Without the kernel's ro flag the control file can be written; hoardfs itself refuses
+        // every other change with EROFS.
+        if hints.is_some() { MountOption::RW } else { MountOption::RO },
         MountOption::FSName(format!("hoardfs:{}", config.s3.bucket)),
         MountOption::Subtype("hoardfs".into()),
         MountOption::NoSuid,

@@ -10,6 +10,7 @@ use clap::Args;
 
 use super::{parse_s3_uri, OnOff, S3Args, VerifyReads};
 use crate::cache::CacheConfig;
+use crate::fetch::FetchLimits;
 use crate::fs::PrefetchConfig;
 use crate::io::EngineChoice;
 use crate::mount::{mount, MountConfig};
@@ -76,6 +77,11 @@ pub struct MountArgs {
     /// Most ranged GETs in flight at once.
     #[arg(long, value_name = "N", default_value_t = crate::fetch::DEFAULT_MAX_CONCURRENT_GETS)]
     pub max_concurrent_gets: usize,
+    /// Largest single GET: runs of missing neighbouring blocks are fetched together up to this
+    /// size (at least one block). Memory held by fetches is at most this times
+    /// --max-concurrent-gets.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub max_get_size: u64,
     /// Most blocks fetched ahead of a sequential reader.
     #[arg(long, value_name = "N", default_value_t = PrefetchConfig::default().max_blocks)]
     pub prefetch_blocks: u64,
@@ -89,6 +95,12 @@ pub struct MountArgs {
     /// Threads reading FUSE requests from the kernel.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub fuse_threads: usize,
+    /// Files fetched ahead at once from the prefetch control file: write the paths a job will
+    /// read next, one per line, to MOUNTPOINT/.hoardfs-prefetch and they are fetched in that
+    /// order (opening it with truncation replaces the pending list). 0 turns the control file
+    /// off and mounts with the kernel's read-only flag.
+    #[arg(long, value_name = "N", default_value_t = crate::hints::DEFAULT_PARALLEL_FILES)]
+    pub prefetch_hints: usize,
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -112,9 +124,10 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     config.allow_other = args.allow_other;
     config.io_engine = args.io_engine;
     config.metrics_addr = args.metrics_addr;
-    config.max_concurrent_gets = args.max_concurrent_gets;
+    config.fetch = FetchLimits { max_concurrent_gets: args.max_concurrent_gets, max_get_size: args.max_get_size };
     config.prefetch = PrefetchConfig { max_blocks: args.prefetch_blocks };
     config.fuse_threads = args.fuse_threads;
+    config.hint_parallel = args.prefetch_hints;
     config.passthrough = args.passthrough == OnOff::On;
     config.read_ahead_kb = Some(args.read_ahead_kb);
     let handle = mount(config)?;

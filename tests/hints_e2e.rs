@@ -1,0 +1,107 @@
+//! Access-order hints through a real mount: paths written to the control file are fetched ahead,
+//! so the reads that follow issue no GET.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use hoardfs::hints::CONTROL_NAME;
+
+const KIB: usize = 1024;
+
+/// 40 small files in two directories and one 3 MiB file (several blocks, coalesced GETs).
+fn dataset() -> Vec<(String, Vec<u8>)> {
+    let mut objects: Vec<(String, Vec<u8>)> =
+        (0..40).map(|i| (format!("train/{}/img-{i:02}.jpg", i % 2), bytes(i, 20 * KIB + i as usize))).collect();
+    objects.push(("shard.tar".into(), bytes(99, 3 * KIB * KIB + 5)));
+    objects
+}
+
+/// Waits until the mount has finished (done or failed) `n` hints.
+fn wait_for_hints(mount: &TestMount, n: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = mount.metric(|m| &m.hint_files_done);
+        let failed = mount.metric(|m| &m.hint_files_failed);
+        if done + failed >= n || Instant::now() > deadline {
+            return (done, failed);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hinted_files_are_fetched_ahead_and_then_read_with_no_get() {
+    let server = S3Server::start();
+    let objects = dataset();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("hints", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::new(&server, "hints", &tmp.path().join("cache"), tmp.path());
+
+    // Hint 30 of the files (one by absolute path) and the shard, plus a path that does not exist.
+    let hinted: Vec<&str> = objects.iter().take(30).map(|(k, _)| k.as_str()).chain(["shard.tar"]).collect();
+    let mut list: Vec<String> = hinted.iter().map(|k| k.to_string()).collect();
+    list[3] = mount.path(hinted[3]).display().to_string();
+    list.push("train/no-such-file.jpg".into());
+    std::fs::write(mount.path(CONTROL_NAME), list.join("\n")).unwrap();
+    let (done, failed) = wait_for_hints(&mount, hinted.len() as u64 + 1);
+    assert_eq!((done, failed), (hinted.len() as u64, 1), "hints done / failed");
+    // The 3 MiB shard came in one coalesced GET, not one per 1 MiB block: 30 + 1.
+    assert_eq!(mount.gets(), 31);
+
+    let gets = mount.gets();
+    for (key, want) in objects.iter().filter(|(k, _)| hinted.contains(&k.as_str())) {
+        assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    }
+    assert_eq!(mount.gets(), gets, "hinted files must be read from the cache");
+    // A file not hinted does cost a GET (the assertion above can fail).
+    let (key, want) = &objects[35];
+    assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    assert_eq!(mount.gets(), gets + 1);
+
+    // The control file is write-only and not listed.
+    let err = std::fs::File::open(mount.path(CONTROL_NAME)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    let names: Vec<String> = std::fs::read_dir(mount.path("")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!names.iter().any(|n| n == CONTROL_NAME), "{names:?}");
+    // Everything else stays read-only.
+    let err = std::fs::write(mount.path("train/new.jpg"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    mount.unmount();
+}
+
+#[test]
+fn the_python_dataset_example_sends_its_order_and_reads_every_file() {
+    let server = S3Server::start();
+    let objects = dataset();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("pyhints", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::new(&server, "pyhints", &tmp.path().join("cache"), tmp.path());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pytorch_dataset.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&mount.mountpoint).args(["--epochs", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let total: usize = objects.iter().map(|(_, v)| v.len()).sum();
+    assert!(stdout.contains(&format!("epoch 2: {} files, {total} bytes", objects.len())), "{stdout}");
+    // Both epochs' orders arrived; the second found everything cached (done counts both).
+    assert_eq!(mount.metric(|m| &m.hint_files_queued), 2 * objects.len() as u64);
+    assert_eq!(mount.metric(|m| &m.hint_files_failed), 0);
+    mount.unmount();
+}
+
+#[test]
+fn with_hints_off_the_mount_is_read_only_in_the_kernel() {
+    let server = S3Server::start();
+    server.bucket("nohints", &[("a.txt", b"a")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::with(&server, "nohints", &tmp.path().join("cache"), tmp.path(), |c| c.hint_parallel = 0);
+    let err = std::fs::write(mount.path(CONTROL_NAME), b"a.txt\n").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.contains(mount.mountpoint.to_str().unwrap())).unwrap();
+    assert!(line.split(' ').nth(3).unwrap().split(',').any(|o| o == "ro"), "{line}");
+    mount.unmount();
+}
