@@ -7,8 +7,9 @@ Starts the local S3 server (moto) on 127.0.0.1, uploads two datasets, and for ea
 epoch 1 (cold), epoch 2 (warm, page cache dropped) and, after a remount, epoch 3; each epoch
 reads every file once with 8 parallel readers in a fresh shuffled order. Baselines measured in the
 same run: raw reads of the same bytes from the cache's file system (the disk limit) and direct
-ranged GETs from the same server (the network limit). Warm epochs are repeated and the median
-reported. Prints MB/s, files/s, data GETs, daemon CPU seconds and peak RSS, and ratios.
+8 MiB ranged GETs from the same server (the network limit). "hoardfs + hints" also writes each
+epoch's order to the mount's prefetch control file first, as a training job would. Warm epochs are
+repeated and the median reported. Prints MB/s, files/s, data GETs, daemon CPU seconds and peak RSS, and ratios.
 """
 import argparse
 import concurrent.futures as cf
@@ -31,6 +32,8 @@ from botocore.config import Config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READERS = 8
 CHUNK = 1 << 20
+# Request size of the network-limit baseline: hoardfs's default --max-get-size.
+NET_CHUNK = 8 << 20
 
 
 def free_port():
@@ -60,10 +63,13 @@ def read_file(path):
             n += len(b)
 
 
-def epoch(paths, seed):
+def epoch(paths, seed, hint=None):
+    """Reads every path once in a seeded shuffled order; `hint(order)` first, inside the timing."""
     order = list(paths)
     random.Random(seed).shuffle(order)
     t = time.perf_counter()
+    if hint:
+        hint(order)
     with cf.ThreadPoolExecutor(READERS) as ex:
         total = sum(ex.map(read_file, order))
     dt = time.perf_counter() - t
@@ -138,6 +144,16 @@ class Hoardfs:
             time.sleep(0.05)
 
 
+class HoardfsHinted(Hoardfs):
+    """hoardfs told each epoch's order through its prefetch control file, as
+    examples/pytorch_dataset.py does."""
+    name = "hoardfs + hints"
+
+    def hint(self, order):
+        with open(os.path.join(self.mnt, ".hoardfs-prefetch"), "w") as f:
+            f.write("".join(os.path.relpath(p, self.mnt) + "\n" for p in order))
+
+
 class PeerMount:
     """A peer FUSE mounter run in the foreground; it counts no requests we can read."""
 
@@ -206,13 +222,14 @@ def run_system(cls, moto, bucket, work, repeat):
     out = {}
     drop_page_cache()
     g0 = sys_.gets()
-    out["epoch 1 (cold)"] = epoch(paths, 1)
+    hint = getattr(sys_, "hint", None)
+    out["epoch 1 (cold)"] = epoch(paths, 1, hint)
     out["epoch 1 (cold)"]["gets"] = None if g0 is None else sys_.gets() - g0
     warm = []
     for r in range(repeat):
         drop_page_cache()
         g0 = sys_.gets()
-        e = epoch(paths, 2 + r)
+        e = epoch(paths, 2 + r, hint)
         e["gets"] = None if g0 is None else sys_.gets() - g0
         warm.append(e)
     out["epoch 2 (warm)"] = median_of(warm)
@@ -225,7 +242,7 @@ def run_system(cls, moto, bucket, work, repeat):
         paths = files_under(mnt)
         drop_page_cache()
         g0 = sys_.gets()
-        e = epoch(paths, 10 + r)
+        e = epoch(paths, 10 + r, hint)
         e["gets"] = None if g0 is None else sys_.gets() - g0
         remount.append(e)
         c, m = proc_stats(sys_.pid)
@@ -267,8 +284,8 @@ def direct_gets(moto, bucket, files, repeat):
     def get(key):
         size = len(files[key])
         n = 0
-        for start in range(0, max(size, 1), CHUNK):
-            end = min(size, start + CHUNK) - 1
+        for start in range(0, max(size, 1), NET_CHUNK):
+            end = min(size, start + NET_CHUNK) - 1
             if end < start:
                 break
             n += len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"].read())
@@ -306,7 +323,7 @@ def main():
             "large": {f"shard-{i:03d}.tar": os.urandom(args.shard_mib << 20) for i in range(args.shards)},
             "small": {f"class-{i % 100:03d}/img-{i:06d}.jpg": os.urandom(args.small_kib << 10) for i in range(args.small_files)},
         }
-        systems = [Hoardfs] + [c for c, b in ((Rclone, "rclone"), (S3fs, "s3fs")) if shutil.which(b)]
+        systems = [Hoardfs, HoardfsHinted] + [c for c, b in ((Rclone, "rclone"), (S3fs, "s3fs")) if shutil.which(b)]
         results = {}
         for name, files in datasets.items():
             bucket = f"bench-{name}"
