@@ -90,6 +90,9 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<(ObjectId, u64), Vec<Waiter>>>,
     permits: Semaphore,
     max_get_size: u64,
+    /// One lock per object version whose entry is being created, so a reader and a prefetch
+    /// hint opening it together cause one HEAD or whole-object GET, not two.
+    creating: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Fetcher {
@@ -102,6 +105,7 @@ impl Fetcher {
             inflight: Mutex::default(),
             permits: Semaphore::new(limits.max_concurrent_gets.max(1)),
             max_get_size: limits.max_get_size,
+            creating: Mutex::default(),
         })
     }
 
@@ -277,7 +281,25 @@ impl Fetcher {
     /// outer error is S3's, the inner the cache's (the caller may then read uncached).
     pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Arc<CachedObject>, CacheError>, FetchError> {
         let bucket = self.client.bucket().to_string();
-        match self.cache.open_existing(&bucket, info) {
+        if let Ok(Some(obj)) = self.cache.open_existing(&bucket, info) {
+            return Ok(Ok(obj));
+        }
+        let id = (info.key.clone(), info.etag.clone());
+        let lock = Arc::clone(self.creating.lock().unwrap().entry(id.clone()).or_default());
+        let result = {
+            let _creator = lock.lock().await;
+            self.create_entry(&bucket, info).await
+        };
+        let mut creating = self.creating.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 {
+            creating.remove(&id); // nobody else waits: only the map and this task hold it
+        }
+        result
+    }
+
+    /// [`Fetcher::entry`] under its object's lock: a waiter finds the entry its predecessor made.
+    async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Arc<CachedObject>, CacheError>, FetchError> {
+        match self.cache.open_existing(bucket, info) {
             Ok(Some(obj)) => return Ok(Ok(obj)),
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
@@ -286,7 +308,7 @@ impl Fetcher {
             // One block: one GET brings the bytes and the checksum, and the block is cached
             // before the open returns (small objects are fetched whole at open).
             let (body, checksum) = self.client.get_whole(&info.key, &info.etag).await?;
-            let obj = match self.cache.create(&bucket, info, checksum) {
+            let obj = match self.cache.create(bucket, info, checksum) {
                 Ok(obj) => obj,
                 Err(e) => return Ok(Err(e)),
             };
@@ -295,7 +317,7 @@ impl Fetcher {
             return Ok(Ok(obj));
         }
         let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
-        Ok(self.cache.create(&bucket, info, checksum))
+        Ok(self.cache.create(bucket, info, checksum))
     }
 
     /// Waits until no load is in flight, so every fetched block is written and claimed: called
@@ -421,5 +443,24 @@ mod tests {
         assert_eq!(gets(&m), 1);
         f.drain().await; // returns: no block is left claimed
         assert!((0..3).all(|b| !obj.is_present(b)));
+    }
+
+    #[tokio::test]
+    async fn two_opens_of_one_small_object_cause_one_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, _, m, _, mem) = setup(dir.path(), 8).await;
+        let info = mem.put("small", pattern(1000, 9));
+        let before = gets(&m);
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (f, info) = (f.clone(), info.clone());
+                tokio::spawn(async move { f.entry(&info).await.unwrap().unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().is_present(0));
+        }
+        assert_eq!(gets(&m) - before, 1);
+        assert!(f.creating.lock().unwrap().is_empty());
     }
 }
