@@ -34,6 +34,8 @@ READERS = 8
 CHUNK = 1 << 20
 # Request size of the network-limit baseline: hoardfs's default --max-get-size.
 NET_CHUNK = 8 << 20
+# Extra `hoardfs mount` flags (--hoardfs-args), for trying settings.
+HOARDFS_ARGS = []
 
 
 def free_port():
@@ -130,7 +132,7 @@ class Hoardfs:
     def mount(self):
         subprocess.run([os.path.join(ROOT, "target/release/hoardfs"), "mount", f"s3://{self.bucket}", self.mnt,
                         "--cache-dir", self.cache, "--endpoint-url", self.moto.endpoint, "--force-path-style",
-                        "--metrics-addr", self.metrics], check=True, stderr=subprocess.DEVNULL)
+                        "--metrics-addr", self.metrics] + HOARDFS_ARGS, check=True, stderr=subprocess.DEVNULL)
         self.pid = int(open(os.path.join(self.cache, "lock")).read())
 
     def gets(self):
@@ -311,6 +313,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="warm and baseline runs; the median is reported")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-bench"))
     ap.add_argument("--json", help="also write results here")
+    ap.add_argument("--readers", type=int, default=READERS, help="parallel readers per epoch")
+    ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
+    ap.add_argument("--systems", default="all", help="comma-separated subset: hoardfs,hints,rclone,s3fs")
+    ap.add_argument("--datasets", default="large,small", help="comma-separated subset: large,small")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -323,7 +329,13 @@ def main():
             "large": {f"shard-{i:03d}.tar": os.urandom(args.shard_mib << 20) for i in range(args.shards)},
             "small": {f"class-{i % 100:03d}/img-{i:06d}.jpg": os.urandom(args.small_kib << 10) for i in range(args.small_files)},
         }
+        HOARDFS_ARGS.extend(args.hoardfs_args.split())
+        globals()["READERS"] = args.readers
         systems = [Hoardfs, HoardfsHinted] + [c for c, b in ((Rclone, "rclone"), (S3fs, "s3fs")) if shutil.which(b)]
+        if args.systems != "all":
+            wanted = args.systems.split(",")
+            systems = [c for c in systems if c.__name__.lower().replace("hoardfshinted", "hints") in wanted]
+        datasets = {k: v for k, v in datasets.items() if k in args.datasets.split(",")}
         results = {}
         for name, files in datasets.items():
             bucket = f"bench-{name}"

@@ -172,7 +172,9 @@ fn scrape(addr: &str) -> Option<Vec<(String, u64)>> {
     Some(Metrics::parse_prometheus(text.split_once("\r\n\r\n")?.1))
 }
 
-fn disk_usage(root: &std::path::Path) -> u64 {
+/// Bytes the files under `root` take on disk: allocated blocks, so a sparse data file counts
+/// only the blocks it holds. What the size limit is about, and what tests compare it with.
+pub fn disk_usage(root: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![root.to_path_buf()];

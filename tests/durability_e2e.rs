@@ -69,14 +69,7 @@ fn kill_9_during_a_fill_then_remount_serves_only_correct_bytes() {
 }
 
 fn cached_data_bytes(cache: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for shard in std::fs::read_dir(cache.join("objects")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-            total += f.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
-        }
-    }
-    total
+    hoardfs::inspect::disk_usage(&cache.join("objects"))
 }
 
 #[test]

@@ -102,14 +102,7 @@ async fn eviction_keeps_the_cache_under_its_limit_and_spares_open_objects() {
 
 /// Bytes of the object files, as allocated on disk.
 fn disk_usage(root: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for shard in std::fs::read_dir(root.join(store::OBJECTS)).unwrap().flatten() {
-        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            total += f.metadata().unwrap().blocks() * 512;
-        }
-    }
-    total
+    crate::inspect::disk_usage(&root.join(store::OBJECTS))
 }
 
 #[tokio::test]
