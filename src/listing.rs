@@ -80,6 +80,13 @@ impl ListingStore {
         self.path(prefix).exists()
     }
 
+    /// How long ago the listing of `prefix` was stored, from its file's mtime (without reading
+    /// it); `None` if there is none.
+    pub fn age(&self, prefix: &str) -> Option<Duration> {
+        let modified = std::fs::metadata(self.path(prefix)).and_then(|m| m.modified()).ok()?;
+        Some(SystemTime::now().duration_since(modified).unwrap_or_default())
+    }
+
     /// The stored listing of `prefix`, if there is a readable one.
     pub fn load(&self, prefix: &str) -> Option<StoredListing> {
         let text = std::fs::read(self.path(prefix)).ok()?;

@@ -157,6 +157,12 @@ impl Meta {
         }
         let key = format!("{prefix}{name}");
         let dir_prefix = format!("{key}/");
+        // A fresh stored listing of the child itself proves a directory (a name opened by path,
+        // as `ls big/` does, is looked up without its parent ever being listed).
+        if let Some(age) = self.store.as_ref().and_then(|s| s.age(&dir_prefix)).filter(|age| self.ttl.is_none_or(|ttl| *age < ttl)) {
+            let learned = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            return Ok(Self::intern(&mut self.tables.lock().unwrap(), NodeKind::Dir { prefix: dir_prefix }, learned));
+        }
         let (head, list) = tokio::join!(self.client.head(&key), self.client.list(&dir_prefix, None, Some(1)));
         let list = list.map_err(MetaError::S3)?;
         let mut tables = self.tables.lock().unwrap();

@@ -124,3 +124,25 @@ fn markers_file_and_prefix_clashes_and_empty_prefixes() {
     let marker: Vec<_> = std::fs::read_dir(mount.path("marker")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(marker, ["inside.txt"]);
 }
+
+#[test]
+fn a_directory_opened_by_path_is_answered_from_its_stored_listing_after_remount() {
+    let server = S3Server::start();
+    server.bucket("deep", &[("big/a.bin", b"a"), ("big/b.bin", b"b"), ("other.bin", b"o")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let indefinite = |c: &mut hoardfs::mount::MountConfig| c.metadata_ttl = None;
+    // `ls big` only: the root is never listed, `big` is found by lookup.
+    let first = TestMount::with(&server, "deep", &cache, tmp.path(), indefinite);
+    assert_eq!(std::fs::read_dir(first.path("big")).unwrap().count(), 2);
+    first.unmount();
+    let second = TestMount::with(&server, "deep", &cache, tmp.path(), indefinite);
+    let (l0, h0) = (second.metric(|x| &x.s3_list_requests), second.metric(|x| &x.s3_head_requests));
+    assert_eq!(std::fs::read_dir(second.path("big")).unwrap().count(), 2);
+    assert_eq!(std::fs::read(second.path("big/b.bin")).unwrap(), b"b");
+    assert_eq!((second.metric(|x| &x.s3_list_requests) - l0, second.metric(|x| &x.s3_head_requests) - h0), (0, 0));
+    // A name with no stored listing still asks S3.
+    assert_eq!(std::fs::read(second.path("other.bin")).unwrap(), b"o");
+    assert!(second.metric(|x| &x.s3_head_requests) > h0);
+    second.unmount();
+}
