@@ -3,7 +3,8 @@
 //!
 //! Layers, top to bottom: [`cli`] → [`mount`] → [`fuse`] (adapter) → [`fs`] (logic) →
 //! [`meta`] (inodes, listings) and [`cache`] (blocks on disk, via [`io`]) ← [`fetch`] (misses,
-//! via [`object`]). [`metrics`] counts what crosses each seam.
+//! via [`object`]). [`hints`] feeds the fetcher a training job's read order. [`metrics`] counts
+//! what crosses each seam.
 
 #![warn(missing_docs)]
 
