@@ -306,15 +306,29 @@ impl Fetcher {
         }
         if info.size > 0 && info.size <= self.cache.block_size() as u64 {
             // One block: one GET brings the bytes and the checksum, and the block is cached
-            // before the open returns (small objects are fetched whole at open).
-            let (body, checksum) = self.client.get_whole(&info.key, &info.etag).await?;
-            let obj = match self.cache.create(bucket, info, checksum) {
-                Ok(obj) => obj,
-                Err(e) => return Ok(Err(e)),
+            // before the open returns (small objects are fetched whole at open). The block is
+            // claimed before the entry exists, so a reader who finds the entry while its block
+            // is being written joins this fetch rather than sending a GET of its own.
+            let claim = (ObjectId::new(bucket, &info.key, &info.etag), 0);
+            self.inflight.lock().unwrap().entry(claim).or_default();
+            let fetched = async {
+                let (body, checksum) = self.client.get_whole(&info.key, &info.etag).await?;
+                Ok(self.cache.create(bucket, info, checksum).map(|obj| {
+                    let (hash, crc) = (block_hash(&body), block_crc(obj.header().checksum.algorithm, &body));
+                    (obj, (body, hash, crc))
+                }))
             };
-            let (hash, crc) = (block_hash(&body), block_crc(obj.header().checksum.algorithm, &body));
-            self.cache.write_block(&obj, 0, body, hash, crc).await;
-            return Ok(Ok(obj));
+            return match fetched.await {
+                Ok(Ok((obj, block))) => {
+                    self.finish(&obj, 0, &Ok(block), true).await;
+                    Ok(Ok(obj))
+                }
+                other => {
+                    let waiters = self.inflight.lock().unwrap().remove(&claim).unwrap_or_default();
+                    reply(waiters, &Err(FetchError::Failed(format!("fetching s3://{bucket}/{} whole failed", info.key))));
+                    other.map(|r| r.map(|(obj, _)| obj))
+                }
+            };
         }
         let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
         Ok(self.cache.create(bucket, info, checksum))
