@@ -79,6 +79,9 @@ impl PendingBlock {
     }
 }
 
+/// Held while one object version's cache entry is created.
+type CreationLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One block as fetched: bytes, blake3, CRC of the object's algorithm.
 type Fetched = (Bytes, [u8; 32], u64);
 
@@ -92,7 +95,7 @@ pub struct Fetcher {
     max_get_size: u64,
     /// One lock per object version whose entry is being created, so a reader and a prefetch
     /// hint opening it together cause one HEAD or whole-object GET, not two.
-    creating: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    creating: Mutex<HashMap<(String, String), CreationLock>>,
 }
 
 impl Fetcher {

@@ -127,16 +127,6 @@ impl HintQueue {
         (!path.is_empty()).then(|| path.to_string())
     }
 
-    /// Paths waiting, for tests and the log.
-    pub fn len(&self) -> usize {
-        self.queue.lock().unwrap().len()
-    }
-
-    /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     async fn next(&self) -> String {
         loop {
             let notified = self.wake.notified();
