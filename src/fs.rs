@@ -147,12 +147,6 @@ impl HoardFs {
         Ok(Attr::of(&self.meta.node(ino)?))
     }
 
-    /// Entries of directory `ino`, with attributes.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<(String, Attr)>, FsError> {
-        let entries = self.meta.readdir(ino).await?;
-        Ok(entries.iter().map(|DirEntry { name, node }| (name.clone(), Attr::of(node))).collect())
-    }
-
     /// Opens directory `ino`: takes its listing now and keeps it for the handle, so one `ls`
     /// sees one listing however many calls the kernel splits it into, and each call costs only
     /// the entries it returns (copying the listing per call made a 100,000-entry `ls` quadratic).

@@ -236,7 +236,10 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
 
     let kernel_ttl = config.metadata_ttl.unwrap_or(INDEFINITE_KERNEL_TTL);
     let hints = (config.hint_parallel > 0).then(|| {
-        let hints = HintQueue::new(&config.mountpoint, metrics.clone());
+        // Absolute paths written to the control file are made relative to this, so it must be
+        // the path the kernel resolves, not the one given.
+        let mountpoint = std::fs::canonicalize(&config.mountpoint).unwrap_or_else(|_| config.mountpoint.clone());
+        let hints = HintQueue::new(&mountpoint, metrics.clone());
         let _guard = runtime.enter();
         hints.spawn_workers(fs.clone(), config.hint_parallel);
         hints
