@@ -31,14 +31,21 @@ fn wait_for_hints(mount: &TestMount, n: u64) -> (u64, u64) {
     }
 }
 
-#[test]
-fn hinted_files_are_fetched_ahead_and_then_read_with_no_get() {
+/// The dataset in `bucket` on a fresh server, mounted with an empty cache. Bound in this order,
+/// the mount is dropped (unmounted) before its temp dir and server.
+fn mounted_dataset(bucket: &str) -> (S3Server, tempfile::TempDir, TestMount, Vec<(String, Vec<u8>)>) {
     let server = S3Server::start();
     let objects = dataset();
     let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-    server.bucket("hints", &refs);
+    server.bucket(bucket, &refs);
     let tmp = tempfile::tempdir().unwrap();
-    let mount = TestMount::new(&server, "hints", &tmp.path().join("cache"), tmp.path());
+    let mount = TestMount::new(&server, bucket, &tmp.path().join("cache"), tmp.path());
+    (server, tmp, mount, objects)
+}
+
+#[test]
+fn hinted_files_are_fetched_ahead_and_then_read_with_no_get() {
+    let (_server, _tmp, mount, objects) = mounted_dataset("hints");
 
     // Hint 30 of the files (one by absolute path) and the shard, plus a path that does not exist.
     let hinted: Vec<&str> = objects.iter().take(30).map(|(k, _)| k.as_str()).chain(["shard.tar"]).collect();
@@ -74,12 +81,7 @@ fn hinted_files_are_fetched_ahead_and_then_read_with_no_get() {
 
 #[test]
 fn the_python_dataset_example_sends_its_order_and_reads_every_file() {
-    let server = S3Server::start();
-    let objects = dataset();
-    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-    server.bucket("pyhints", &refs);
-    let tmp = tempfile::tempdir().unwrap();
-    let mount = TestMount::new(&server, "pyhints", &tmp.path().join("cache"), tmp.path());
+    let (_server, _tmp, mount, objects) = mounted_dataset("pyhints");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pytorch_dataset.py");
     let out = std::process::Command::new("python3").arg(&script).arg(&mount.mountpoint).args(["--epochs", "2"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
