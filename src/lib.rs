@@ -17,13 +17,16 @@ pub mod fuse;
 pub mod hints;
 pub mod inspect;
 pub mod io;
+pub mod limits;
 pub mod listing;
 pub mod meta;
 pub mod metrics;
 pub mod mount;
 pub mod object;
+pub mod private;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod uncached;
 pub mod units;
 pub mod verify;
 pub mod warm;

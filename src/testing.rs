@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::cache::{BlockCache, CacheConfig, CacheDir};
 use crate::fetch::Fetcher;
 use crate::fs::{HoardFs, PrefetchConfig};
-use crate::io::{probe, EngineChoice};
+use crate::io::{probe, EngineChoice, IoEngine};
 use crate::meta::{Meta, ROOT_INO};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
@@ -32,11 +32,14 @@ pub fn rig(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config: Cac
 
 /// A rig with a chosen verification policy.
 pub fn rig_with(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config: CacheConfig, policy: VerifyPolicy) -> Rig {
+    rig_on(dir, mem, probe(engine).unwrap(), config, policy)
+}
+
+/// A rig over a given I/O engine (a test double, such as [`SlowWrites`]).
+pub fn rig_on(dir: &Path, mem: Arc<MemoryClient>, io: Arc<dyn IoEngine>, config: CacheConfig, policy: VerifyPolicy) -> Rig {
     let metrics = Arc::new(Metrics::default());
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem, metrics.clone()));
-    let cache = Arc::new(
-        BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(engine).unwrap(), metrics.clone(), config).unwrap(),
-    );
+    let cache = Arc::new(BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), io, metrics.clone(), config).unwrap());
     let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), crate::fetch::FetchLimits { max_concurrent_gets: 4, ..Default::default() });
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let meta = Meta::new(client, "", None, None);
@@ -68,4 +71,63 @@ pub async fn read_all(fs: &HoardFs, name: &str) -> Result<Vec<u8>, crate::fs::Fs
     };
     fs.release(fh);
     result
+}
+
+/// An I/O engine whose writes land `delay` late: widens the window between a load answering
+/// its readers and its block being claimed, where races between fetches and drops live.
+pub struct SlowWrites(pub Arc<dyn IoEngine>, pub std::time::Duration);
+
+impl IoEngine for SlowWrites {
+    fn read_at(&self, file: &Arc<std::fs::File>, offset: u64, len: usize) -> crate::object::BoxFuture<'static, std::io::Result<bytes::Bytes>> {
+        self.0.read_at(file, offset, len)
+    }
+
+    fn write_at(&self, file: &Arc<std::fs::File>, offset: u64, data: bytes::Bytes) -> crate::object::BoxFuture<'static, std::io::Result<()>> {
+        let (inner, delay) = (self.0.write_at(file, offset, data), self.1);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.await
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "slow-writes"
+    }
+}
+
+/// While alive, this process has no free file descriptor (its soft limit lowered and filled);
+/// dropping it restores both. Tests run one per process under nextest, so nothing else in the
+/// process is starved by it.
+pub struct FdsExhausted {
+    _files: Vec<std::fs::File>,
+    old: libc::rlimit,
+}
+
+impl FdsExhausted {
+    /// Lowers the soft limit to 256 and opens `/dev/null` until EMFILE.
+    pub fn now() -> Self {
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit read or write structs we own.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut old), 0);
+            let low = libc::rlimit { rlim_cur: 256.min(old.rlim_max), rlim_max: old.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+        }
+        let mut files = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => files.push(f),
+                Err(e) if crate::limits::is_fd_exhaustion(&e) => break,
+                Err(e) => panic!("opening /dev/null: {e}"),
+            }
+        }
+        Self { _files: files, old }
+    }
+}
+
+impl Drop for FdsExhausted {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.old) };
+    }
 }

@@ -11,8 +11,8 @@ pub mod format;
 pub mod index;
 pub mod store;
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
 use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
@@ -39,9 +39,8 @@ const FULL_BACKOFF: Duration = Duration::from_secs(30);
 const DISK_UNIT: u64 = 4096;
 /// Threads reading index files at mount. Default: 64.
 const SCAN_THREADS: usize = 64;
-/// Entries kept open after their last handle closes, so a reopen finds its index mapped and its
-/// blocks' "checked in this mount" bits intact (needed before passthrough). Default: 4096.
-const WARM_ENTRIES: usize = 4096;
+/// Idle open entries closed at once when the process runs out of descriptors, before retrying.
+const SHED_ON_EMFILE: usize = 64;
 
 /// How the cache behaves; plain fields with documented defaults.
 #[derive(Clone, Debug)]
@@ -52,11 +51,16 @@ pub struct CacheConfig {
     pub max_size: Option<u64>,
     /// Re-hash a block on every read from disk, not only the first per mount. Default: false.
     pub verify_every_read: bool,
+    /// Entries kept open after their last handle closes (each holds its data file open), so a
+    /// reopen finds its index mapped and its blocks' "checked in this mount" bits intact (needed
+    /// before passthrough). A mount sizes it from the open-file limit
+    /// ([`crate::limits::open_entries_for`]). Default: [`crate::limits::MAX_OPEN_ENTRIES`].
+    pub open_entries: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { block_size: DEFAULT_BLOCK_SIZE, max_size: None, verify_every_read: false }
+        Self { block_size: DEFAULT_BLOCK_SIZE, max_size: None, verify_every_read: false, open_entries: crate::limits::MAX_OPEN_ENTRIES }
     }
 }
 
@@ -75,6 +79,29 @@ pub enum CacheError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// Errors that may mean "out of descriptors".
+trait ExhaustsFds {
+    fn exhausts_fds(&self) -> bool;
+}
+
+impl ExhaustsFds for std::io::Error {
+    fn exhausts_fds(&self) -> bool {
+        crate::limits::is_fd_exhaustion(self)
+    }
+}
+
+impl ExhaustsFds for IndexError {
+    fn exhausts_fds(&self) -> bool {
+        matches!(self, IndexError::Io { source, .. } if crate::limits::is_fd_exhaustion(source))
+    }
 }
 
 pub(crate) fn round_up(n: u64) -> u64 {
@@ -98,7 +125,7 @@ struct State {
     full_until: Option<Instant>,
     /// Entry ids per `bucket\0key`, so a new version can push its predecessors to the front of
     /// the eviction order.
-    versions: HashMap<String, Vec<ObjectId>>,
+    versions: BTreeMap<String, Vec<ObjectId>>,
     /// The reverse of `versions`.
     version_of: HashMap<ObjectId, String>,
 }
@@ -114,6 +141,9 @@ pub struct BlockCache {
     metrics: Arc<Metrics>,
     config: CacheConfig,
     state: Mutex<State>,
+    /// Told the data file path of every entry deleted, so whoever holds the file open beyond
+    /// the cache (the kernel, through a passthrough backing) lets go and its blocks are freed.
+    on_delete: std::sync::OnceLock<Box<dyn Fn(&std::path::Path) + Send + Sync>>,
 }
 
 impl BlockCache {
@@ -128,7 +158,7 @@ impl BlockCache {
             let _ = std::fs::remove_file(stray);
         }
         let mut entries = Vec::with_capacity(ids.len());
-        let mut versions: HashMap<String, Vec<ObjectId>> = HashMap::new();
+        let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
         let mut version_of = HashMap::new();
         // Index files are small random reads: issue them from several threads, which a cold
         // NVMe (or any SSD) serves far faster than one at a time.
@@ -160,10 +190,17 @@ impl BlockCache {
                 Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
                     tracing::warn!("{} was written by a newer hoardfs; leaving it alone", idx.display());
                 }
-                Err(e) => {
-                    tracing::warn!("dropping unreadable cache entry: {e}");
+                Err(e @ IndexError::Format { .. }) => {
+                    tracing::warn!("dropping damaged cache entry: {e}");
                     let _ = std::fs::remove_file(&idx);
                     let _ = std::fs::remove_file(&data);
+                }
+                // An I/O error proves nothing about the bytes (EMFILE, EIO of a flaky disk): the
+                // entry stays, charged what the file system says it holds, and is read again
+                // when an open needs it.
+                Err(e) => {
+                    tracing::warn!("cannot read cache entry now ({e}); keeping it");
+                    entries.push((0, id, allocated(&data) + allocated(&idx)));
                 }
             }
         }
@@ -174,6 +211,7 @@ impl BlockCache {
             lru.put(id, bytes);
             total += bytes;
         }
+        let warm_capacity = std::num::NonZeroUsize::new(config.open_entries.max(1)).expect("at least 1");
         Ok(Self {
             dir,
             io,
@@ -181,14 +219,22 @@ impl BlockCache {
             config,
             state: Mutex::new(State {
                 open: HashMap::new(),
-                warm: LruCache::new(std::num::NonZeroUsize::new(WARM_ENTRIES).unwrap()),
+                warm: LruCache::new(warm_capacity),
                 lru,
                 total,
                 full_until: None,
                 versions,
                 version_of,
             }),
+            on_delete: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Registers the one listener told of every deleted entry's data file (see `on_delete`).
+    pub fn on_delete(&self, listener: impl Fn(&std::path::Path) + Send + Sync + 'static) {
+        if self.on_delete.set(Box::new(listener)).is_err() {
+            tracing::error!("a second delete listener was registered and ignored");
+        }
     }
 
     /// The cache directory.
@@ -211,6 +257,24 @@ impl BlockCache {
         self.state.lock().unwrap().lru.len()
     }
 
+    /// Whether the cache holds any object version of `bucket` whose key starts with `prefix`:
+    /// what an offline mount needs to come up without S3.
+    pub fn holds_prefix(&self, bucket: &str, prefix: &str) -> bool {
+        let start = version_key(bucket, prefix);
+        let state = self.state.lock().unwrap();
+        state.versions.range(start.clone()..).next().is_some_and(|(k, _)| k.starts_with(&start))
+    }
+
+    /// What the cache knows of `key` without S3: the most recently used version it holds (from
+    /// that entry's index header), for lookups by path while S3 cannot be reached.
+    pub fn cached_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
+        let ids = self.state.lock().unwrap().versions.get(&version_key(bucket, key)).cloned()?;
+        ids.iter()
+            .filter_map(|id| ObjectIndex::read_snapshot(&self.dir.paths(id).1).ok())
+            .max_by_key(|snap| snap.last_access())
+            .map(|snap| snap.header.object_info())
+    }
+
     /// The entry for an object version if it is already in memory; never touches the disk, so
     /// the FUSE thread may call it.
     pub fn open_in_memory(&self, bucket: &str, info: &ObjectInfo) -> Option<Arc<CachedObject>> {
@@ -231,15 +295,18 @@ impl BlockCache {
         let id = ObjectId::new(bucket, &info.key, &info.etag);
         let mut state = self.state.lock().unwrap();
         let (data_path, idx_path) = self.dir.paths(&id);
-        let index = match ObjectIndex::open(&idx_path) {
+        let index = match Self::shedding_on_emfile(&mut state, || ObjectIndex::open(&idx_path)) {
             Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
             Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Out of descriptors, or a transient I/O error: the entry is not damaged. Report it
+            // (the read is then served verified without the cache) and leave it on disk.
+            Err(e @ IndexError::Io { .. }) => return Err(e.into()),
             Ok(_) => {
                 tracing::warn!("cache entry {} does not describe s3://{bucket}/{}; replacing it", idx_path.display(), info.key);
                 self.forget(&mut state, id);
                 return Ok(None);
             }
-            Err(e) => {
+            Err(e @ IndexError::Format { .. }) => {
                 tracing::warn!("replacing damaged cache entry: {e}");
                 self.forget(&mut state, id);
                 return Ok(None);
@@ -275,10 +342,11 @@ impl BlockCache {
             etag: info.etag.clone(),
         };
         let io_err = |source| CacheError::Io { path: data_path.display().to_string(), source };
-        std::fs::create_dir_all(data_path.parent().unwrap()).map_err(io_err)?;
-        let f = File::create(&data_path).map_err(io_err)?;
+        store::create_private_dir_all(data_path.parent().expect("data files live in a shard")).map_err(io_err)?;
+        let f = Self::shedding_on_emfile(&mut state, || store::create_private(&data_path)).map_err(io_err)?;
         f.set_len(info.size).map_err(io_err)?;
-        let mut index = ObjectIndex::create(&idx_path, header)?;
+        drop(f);
+        let mut index = Self::shedding_on_emfile(&mut state, || ObjectIndex::create(&idx_path, header.clone()))?;
         // Older versions of this key will not be read again by new opens: evict them first.
         let vkey = version_key(bucket, &info.key);
         let State { versions, version_of, lru, .. } = &mut *state;
@@ -295,10 +363,7 @@ impl BlockCache {
     }
 
     fn activate(&self, state: &mut State, id: ObjectId, mut index: ObjectIndex, data_path: std::path::PathBuf) -> Result<Arc<CachedObject>, CacheError> {
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&data_path)
+        let data = Self::shedding_on_emfile(state, || OpenOptions::new().read(true).write(true).open(&data_path))
             .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
         index.touch(now_secs());
         let header = index.header().clone();
@@ -339,6 +404,30 @@ impl BlockCache {
         Ok(obj)
     }
 
+    /// Runs `open`; if the process is out of descriptors, closes up to [`SHED_ON_EMFILE`] idle
+    /// open entries (least recently used first) and tries once more. The error, if it stays, is
+    /// the caller's to report: running out of descriptors never deletes anything.
+    fn shedding_on_emfile<T, E: ExhaustsFds>(state: &mut State, mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        match open() {
+            Err(e) if e.exhausts_fds() => {
+                let idle: Vec<ObjectId> = state
+                    .warm
+                    .iter()
+                    .rev()
+                    .filter(|(id, obj)| Arc::strong_count(obj) == 1 && !Self::in_use(state, id))
+                    .map(|(id, _)| *id)
+                    .take(SHED_ON_EMFILE)
+                    .collect();
+                tracing::warn!("out of file descriptors; closing {} idle cache entries and retrying", idle.len());
+                for id in idle {
+                    state.warm.pop(&id);
+                }
+                open()
+            }
+            other => other,
+        }
+    }
+
     /// Deletes entry `id` unless it is in use; returns the bytes freed.
     pub fn remove(&self, id: ObjectId) -> Option<u64> {
         let mut state = self.state.lock().unwrap();
@@ -357,15 +446,8 @@ impl BlockCache {
 
     /// Opens entry `id` from its index (for maintenance commands that start from the disk).
     pub fn open_id(&self, id: ObjectId) -> Result<Option<Arc<CachedObject>>, CacheError> {
-        let snap = ObjectIndex::read_snapshot(&self.dir.paths(&id).1)?;
-        let h = snap.header;
-        let info = ObjectInfo {
-            key: h.key.clone(),
-            size: h.object_size,
-            etag: h.etag.clone(),
-            last_modified: SystemTime::UNIX_EPOCH + Duration::from_millis(h.mtime_ms.max(0) as u64),
-        };
-        self.open_existing(&h.bucket, &info)
+        let h = ObjectIndex::read_snapshot(&self.dir.paths(&id).1)?.header;
+        self.open_existing(&h.bucket, &h.object_info())
     }
 
     /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
@@ -392,7 +474,10 @@ impl BlockCache {
         let (data, idx) = self.dir.paths(&id);
         // Index first: without it the data file is an orphan that the next scan deletes.
         let _ = std::fs::remove_file(idx);
-        let _ = std::fs::remove_file(data);
+        let _ = std::fs::remove_file(&data);
+        if let Some(listener) = self.on_delete.get() {
+            listener(&data);
+        }
     }
 
     /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in

@@ -190,3 +190,28 @@ async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys()
     assert!(left.contains(&"\"o\"".to_string()), "the other key's older entry stays: {left:?}");
     assert!(!left.contains(&"\"v1\"".to_string()), "the superseded version went first: {left:?}");
 }
+
+/// Running out of descriptors proves nothing about an entry: opening it fails (the caller reads
+/// verified from S3 meanwhile) and both files stay, to be served once descriptors are back.
+#[tokio::test]
+async fn an_entry_that_cannot_be_opened_for_lack_of_descriptors_stays_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let body = pattern(4096 * 3, 4);
+    let info = mem.put("obj", body.clone());
+    {
+        let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
+        assert_eq!(read_all(&r.fs, "obj").await.unwrap(), body);
+    }
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics, small_blocks()).unwrap();
+    let (data, idx) = cache.dir().paths(&ObjectId::new("b", "obj", &info.etag));
+    {
+        let _starved = crate::testing::FdsExhausted::now();
+        let err = cache.open_existing("b", &info).err().expect("no descriptor: the open must fail");
+        assert!(err.to_string().contains("Too many open files"), "{err}");
+    }
+    assert!(data.exists() && idx.exists(), "EMFILE deleted the entry");
+    let obj = cache.open_existing("b", &info).unwrap().expect("the entry is still there");
+    assert!(obj.is_complete());
+}

@@ -315,7 +315,8 @@ fn warm(a: WarmArgs) -> Result<bool> {
     };
     let rt = runtime()?;
     let metrics = Arc::new(Metrics::default());
-    let config = CacheConfig { max_size: a.max_cache_size, ..CacheConfig::default() };
+    let open_entries = crate::limits::open_entries_for(crate::limits::raise_nofile_limit());
+    let config = CacheConfig { max_size: a.max_cache_size, open_entries, ..CacheConfig::default() };
     let cache = rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, config, metrics.clone()) })?;
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(
         Arc::new(rt.block_on(S3Client::new(&a.s3.config(bucket.clone())))),
