@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::object::ObjectInfo;
+use crate::private::{create_private_dir_all, write_private};
 
 /// Directory in the cache dir.
 pub const LISTINGS: &str = "listings";
@@ -112,9 +113,9 @@ impl ListingStore {
                 .collect(),
         };
         let path = self.path(prefix);
-        let result = std::fs::create_dir_all(&self.dir).and_then(|_| {
+        let result = create_private_dir_all(&self.dir).and_then(|_| {
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&listing).map_err(std::io::Error::other)?)?;
+            write_private(&tmp, &serde_json::to_vec(&listing).map_err(std::io::Error::other)?)?;
             std::fs::rename(tmp, &path)
         });
         if let Err(e) = result {

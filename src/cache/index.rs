@@ -56,7 +56,7 @@ impl ObjectIndex {
         let layout = Layout::new(encoded.len(), header.block_count());
         let tmp = path.with_extension("idx.tmp");
         {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            let mut f = super::store::create_private(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&encoded).map_err(io_err(&tmp))?;
             f.set_len(layout.file_len as u64).map_err(io_err(&tmp))?;
         }

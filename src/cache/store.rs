@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::format::FORMAT_VERSION;
+pub use crate::private::{create_private, create_private_dir_all, write_private, FILE_MODE};
 
 /// Name of the marker file.
 pub const MARKER: &str = "hoardfs-cache";
@@ -50,6 +51,9 @@ pub enum CacheDirError {
     /// The marker is unreadable.
     #[error("cache dir {0}: marker file {MARKER} is damaged; if this is a hoardfs cache, delete the directory to start afresh")]
     BadMarker(PathBuf),
+    /// Every user may write the directory: anyone could plant or swap cache files.
+    #[error("cache dir {0} is writable by every user, so anyone could plant cache files in it; run `chmod 700 {0}` (or pass another --cache-dir)")]
+    WorldWritable(PathBuf),
     /// Another process owns the directory.
     #[error("cache dir {path} is in use by another hoardfs process (pid {pid}); unmount it first or use another --cache-dir")]
     Locked {
@@ -109,17 +113,16 @@ impl CacheDir {
             let path = path.to_path_buf();
             move |source| CacheDirError::Io { path, source }
         };
-        std::fs::create_dir_all(root).map_err(io(root))?;
+        create_private_dir_all(root).map_err(io(root))?;
+        check_private(root)?;
         Self::check_marker(root, true)?;
-        std::fs::create_dir_all(root.join(OBJECTS)).map_err(io(root))?;
+        create_private_dir_all(&root.join(OBJECTS)).map_err(io(root))?;
         let lock_path = root.join(LOCK);
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
+        let mut lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(FILE_MODE).open(&lock_path)
+        }
+        .map_err(io(&lock_path))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut pid = String::new();
@@ -184,8 +187,7 @@ impl CacheDir {
                 if foreign {
                     return Err(CacheDirError::Foreign(root.to_path_buf()));
                 }
-                std::fs::write(&marker, marker_text())
-                    .map_err(|source| CacheDirError::Io { path: marker, source })
+                write_private(&marker, marker_text().as_bytes()).map_err(|source| CacheDirError::Io { path: marker, source })
             }
             Err(source) => Err(CacheDirError::Io { path: marker, source }),
         }
@@ -234,6 +236,26 @@ impl CacheDir {
         }
         Ok((ids, strays))
     }
+}
+
+/// Refuses a world-writable cache dir and warns about one others can read: hoardfs keeps what it
+/// creates private ([`DIR_MODE`], [`FILE_MODE`]), but a directory that existed before keeps its
+/// mode, and other users could read through it.
+fn check_private(root: &Path) -> Result<(), CacheDirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root).map_err(|source| CacheDirError::Io { path: root.to_path_buf(), source })?.permissions().mode();
+    if mode & 0o002 != 0 {
+        return Err(CacheDirError::WorldWritable(root.to_path_buf()));
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "cache dir {} has mode {:o}: other users can read cached objects and key names; run `chmod 700 {}`",
+            root.display(),
+            mode & 0o777,
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// One shard directory: complete entries (both files) and stray files.
@@ -301,7 +323,7 @@ impl MountRecord {
     /// Writes a record atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        write_private(&tmp, &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
         std::fs::rename(tmp, path)
     }
 }

@@ -118,7 +118,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     }
     let s3 = args.s3.config(bucket);
     let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
-    config.cache = CacheConfig { block_size, max_size: args.max_cache_size, verify_every_read: args.verify_reads == VerifyReads::Always };
+    config.cache = CacheConfig {
+        block_size,
+        max_size: args.max_cache_size,
+        verify_every_read: args.verify_reads == VerifyReads::Always,
+        ..CacheConfig::default()
+    };
     config.verify = VerifyPolicy { mode: args.verify, require_checksum: args.require_checksum };
     config.metadata_ttl = args.metadata_ttl;
     config.allow_other = args.allow_other;
@@ -176,10 +181,10 @@ fn announce_ready_and_detach(args: &MountArgs) -> Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let log_path = args.log_file.clone().unwrap_or_else(|| args.cache_dir.join("hoardfs.log"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().create(true).append(true).mode(crate::cache::store::FILE_MODE).open(&log_path)
+    }
         .with_context(|| format!("opening log file {}", log_path.display()))?;
     println!("{READY_LINE}");
     std::io::stdout().flush()?;
