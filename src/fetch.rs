@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::cache::{BlockCache, CachedObject, ObjectId};
 use crate::cache::CacheError;
@@ -91,6 +91,8 @@ pub struct Fetcher {
     cache: Arc<BlockCache>,
     metrics: Arc<Metrics>,
     inflight: Mutex<HashMap<(ObjectId, u64), Vec<Waiter>>>,
+    /// Woken whenever a load ends (its block written and claimed, or failed).
+    settled: Notify,
     permits: Semaphore,
     max_get_size: u64,
     /// One lock per object version whose entry is being created, so a reader and a prefetch
@@ -106,6 +108,7 @@ impl Fetcher {
             cache,
             metrics,
             inflight: Mutex::default(),
+            settled: Notify::new(),
             permits: Semaphore::new(limits.max_concurrent_gets.max(1)),
             max_get_size: limits.max_get_size,
             creating: Mutex::default(),
@@ -218,7 +221,28 @@ impl Fetcher {
             self.cache.write_block(obj, b, bytes.clone(), *hash, *crc).await;
         }
         let late = self.inflight.lock().unwrap().remove(&(obj.id, b)).unwrap_or_default();
+        self.settled.notify_waiters();
         reply(late, result);
+    }
+
+    /// Waits until no load of `blocks` of `obj` is in flight. A load answers its readers before
+    /// it writes and claims its block, so a caller that is about to drop blocks it found wrong
+    /// waits here first: otherwise the write of the very bytes it rejected could land after the
+    /// drop and be taken for a fresh copy by the retry.
+    pub async fn settle(&self, obj: &CachedObject, blocks: impl Iterator<Item = u64> + Clone) {
+        self.wait_until(|inflight| !blocks.clone().any(|b| inflight.contains_key(&(obj.id, b)))).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&HashMap<(ObjectId, u64), Vec<Waiter>>) -> bool) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable(); // registered before the check: no wake-up is missed
+            if done(&self.inflight.lock().unwrap()) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// GETs blocks `blocks` in one request and cuts the body into blocks. A block for which a
@@ -328,6 +352,7 @@ impl Fetcher {
                 }
                 other => {
                     let waiters = self.inflight.lock().unwrap().remove(&claim).unwrap_or_default();
+                    self.settled.notify_waiters();
                     reply(waiters, &Err(FetchError::Failed(format!("fetching s3://{bucket}/{} whole failed", info.key))));
                     other.map(|r| r.map(|(obj, _)| obj))
                 }
@@ -340,13 +365,22 @@ impl Fetcher {
     /// Waits until no load is in flight, so every fetched block is written and claimed: called
     /// before a `cache warm` reports success and before a mount's runtime stops.
     pub async fn drain(&self) {
-        while !self.inflight.lock().unwrap().is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        self.wait_until(HashMap::is_empty).await;
     }
 
-    /// A range straight from S3 without caching: the path of last resort when the cache cannot
-    /// hold an entry for the object at all.
+    /// What S3 offers to verify an object version against (HeadObject with checksum mode, plus
+    /// the parts of a composite checksum).
+    pub async fn object_checksum(&self, key: &str, etag: &str) -> Result<crate::checksum::ObjectChecksum, FetchError> {
+        Ok(self.client.object_checksum(key, etag).await?)
+    }
+
+    /// The bucket fetched from.
+    pub fn bucket(&self) -> &str {
+        self.client.bucket()
+    }
+
+    /// A range straight from S3 without caching or checking: the caller verifies it
+    /// ([`crate::uncached`]).
     pub async fn fetch_uncached(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes, FetchError> {
         let _permit = self.permits.acquire().await.expect("semaphore is never closed");
         Ok(self.client.get_range(key, etag, range).await?)

@@ -18,6 +18,7 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::verify::{VerifyError, Verifier};
 use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
 use crate::object::ObjectInfo;
+use crate::uncached::UncachedReads;
 
 /// An error with the errno the kernel should see.
 #[derive(Debug, thiserror::Error)]
@@ -102,12 +103,20 @@ impl Default for PrefetchConfig {
     }
 }
 
+/// Where an open file's bytes come from.
+enum Source {
+    /// The cache entry of the object version.
+    Cached(Arc<CachedObject>),
+    /// No entry could be made (the reason is kept for errors): bytes come from S3, verified in
+    /// memory ([`crate::uncached`]).
+    Uncached { reads: UncachedReads, why: String },
+}
+
 /// One open file handle: the object version it pinned at open, and its access pattern.
 pub struct OpenFile {
     ino: u64,
     info: ObjectInfo,
-    /// `None` when the cache could not hold an entry (reads then go straight to S3).
-    obj: Option<Arc<CachedObject>>,
+    source: Source,
     /// (offset where the next sequential read would start, blocks to prefetch)
     seq: Mutex<(u64, u64)>,
 }
@@ -130,6 +139,11 @@ impl HoardFs {
     /// Assembles the file system from its parts.
     pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, verifier: Arc<Verifier>, bucket: String, prefetch: PrefetchConfig) -> Self {
         Self { meta, cache, fetcher, verifier, bucket, prefetch, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+    }
+
+    /// The block cache underneath.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
     }
 
     /// Resolves `name` in `parent`.
@@ -224,19 +238,21 @@ impl HoardFs {
 
     /// Creates the handle and says whether its object may be read by the kernel directly.
     fn register(&self, ino: u64, info: ObjectInfo, obj: Result<Arc<CachedObject>, crate::cache::CacheError>) -> (u64, Option<PathBuf>) {
-        let obj = match obj {
-            Ok(obj) => Some(obj),
+        let source = match obj {
+            Ok(obj) => Source::Cached(obj),
             Err(e) => {
-                tracing::warn!("cannot cache s3://{}/{}: {e}; reading it straight from S3", self.bucket, info.key);
-                None
+                tracing::warn!("cannot cache s3://{}/{}: {e}; reading it from S3, verified in memory", self.bucket, info.key);
+                Source::Uncached { reads: UncachedReads::default(), why: e.to_string() }
             }
         };
-        let backing = obj
-            .as_ref()
-            .filter(|obj| obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj))
-            .map(|obj| obj.data_path().to_path_buf());
+        let backing = match &source {
+            Source::Cached(obj) if obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj) => {
+                Some(obj.data_path().to_path_buf())
+            }
+            _ => None,
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(OpenFile { ino, info, obj, seq: Mutex::new((0, 0)) });
+        let handle = Arc::new(OpenFile { ino, info, source, seq: Mutex::new((0, 0)) });
         self.handles.lock().unwrap().insert(fh, handle);
         (fh, backing)
     }
@@ -259,11 +275,10 @@ impl HoardFs {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let result = match &handle.obj {
-            Some(obj) => self.read_cached(&handle, obj, offset..end).await,
-            None => self
-                .fetcher
-                .fetch_uncached(&handle.info.key, &handle.info.etag, offset..end)
+        let result = match &handle.source {
+            Source::Cached(obj) => self.read_cached(&handle, obj, offset..end).await,
+            Source::Uncached { reads, why } => reads
+                .read(&self.fetcher, self.verifier.metrics(), self.verifier.policy(), &handle.info, offset..end, why)
                 .await
                 .map_err(FsError::from),
         };

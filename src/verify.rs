@@ -76,6 +76,16 @@ impl Verifier {
         Arc::new(Self { fetcher, metrics, policy, inflight: Mutex::default() })
     }
 
+    /// The policy this verifier applies.
+    pub fn policy(&self) -> VerifyPolicy {
+        self.policy
+    }
+
+    /// The counters it adds to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Called before bytes `range` of `obj` are served: in strict mode, returns once every unit
     /// overlapping the range is verified (or failed). Refuses unverifiable objects if required.
     pub async fn before_serve(self: &Arc<Self>, obj: &Arc<CachedObject>, range: Range<u64>) -> Result<(), VerifyError> {
@@ -206,6 +216,7 @@ impl Verifier {
                 "s3://{}/{} (ETag {}) bytes {}-{} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them",
                 h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1), h.checksum.algorithm
             );
+            self.fetcher.settle(obj, blocks_of(obj, &unit)).await;
             for b in blocks_of(obj, &unit) {
                 obj.drop_block(b);
             }
@@ -257,7 +268,7 @@ impl Verifier {
 }
 
 /// Blocks overlapping a byte range.
-fn blocks_of(obj: &CachedObject, unit: &Range<u64>) -> impl Iterator<Item = u64> {
+fn blocks_of(obj: &CachedObject, unit: &Range<u64>) -> Range<u64> {
     let bs = obj.header().block_size as u64;
     let first = unit.start / bs;
     let end = if unit.is_empty() { first } else { unit.end.div_ceil(bs) };
@@ -389,6 +400,30 @@ mod tests {
             }
         }
         out
+    }
+
+    /// One corrupt GET, whose blocks are written to disk late (after the unit rejected them): the
+    /// retry must fetch afresh, not take the rejected bytes for a new copy (the CI flake of
+    /// `corrupted_get_bodies_never_reach_a_reader`, made deterministic by slow writes).
+    #[tokio::test]
+    async fn a_rejected_body_written_late_does_not_poison_the_retry() {
+        for alg in [Algorithm::Crc32c, Algorithm::Sha256] {
+            let mem = Arc::new(MemoryClient::new("b"));
+            let body = pattern(4096 * 6 + 3, 9);
+            mem.put_with_checksum("o", body.clone(), alg, None);
+            let bad = Arc::new(AtomicU32::new(1));
+            let b2 = bad.clone();
+            mem.corrupt_gets(move |_, v| {
+                if b2.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                    v[10] ^= 1;
+                }
+            });
+            let dir = tempfile::tempdir().unwrap();
+            let io = Arc::new(crate::testing::SlowWrites(crate::io::probe(EngineChoice::Psync).unwrap(), std::time::Duration::from_millis(50)));
+            let r = crate::testing::rig_on(dir.path(), mem, io, small_blocks(), strict());
+            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body, "{alg:?}");
+            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 1, "{alg:?}");
+        }
     }
 
     #[tokio::test]
