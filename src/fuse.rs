@@ -59,10 +59,10 @@ struct Backing {
     path: PathBuf,
     id: BackingId,
     handles: usize,
+    /// The cache deleted the file: release the backing with its last handle, so the kernel lets
+    /// go of the file and its blocks are freed.
+    deleted: bool,
 }
-
-/// Idle backing files kept registered with the kernel. Default: 4096.
-const RETAINED_BACKINGS: usize = 4096;
 
 /// Open flags of a passthrough reply: none. Measured on Linux 6.18: adding FOPEN_KEEP_CACHE
 /// makes the kernel fail the application's open(2) with EIO (the page cache is the backing
@@ -79,10 +79,12 @@ const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::empty();
 struct Passthrough {
     /// Set by `init` when the kernel accepted FUSE_PASSTHROUGH; cleared if it later refuses.
     enabled: AtomicBool,
-    /// Backing files by inode. Kept registered after the last handle closes (up to
-    /// [`RETAINED_BACKINGS`] idle ones), so the next epoch's open is one FUSE round trip with no
-    /// file open and no ioctl.
+    /// Backing files by inode. Kept registered after the last handle closes (up to `retained`
+    /// idle ones), so the next epoch's open is one FUSE round trip with no file open and no
+    /// ioctl.
     backings: Mutex<LruCache<u64, Backing>>,
+    /// Idle backings kept registered: the mount sizes it like the cache's open entries.
+    retained: usize,
     /// Handles answered with passthrough, and their inode.
     handles: Mutex<HashMap<u64, u64>>,
     metrics: Arc<Metrics>,
@@ -115,13 +117,13 @@ impl Passthrough {
             None => match std::fs::File::open(&path).and_then(|file| reply.open_backing(&file)) {
                 Ok(id) => {
                     reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
-                    if backings.len() >= RETAINED_BACKINGS {
+                    if backings.len() >= self.retained {
                         let idle = backings.iter().rev().find(|(_, b)| b.handles == 0).map(|(i, _)| *i);
                         if let Some(idle) = idle {
                             backings.pop(&idle);
                         }
                     }
-                    backings.push(ino, Backing { path, id, handles: 1 });
+                    backings.push(ino, Backing { path, id, handles: 1, deleted: false });
                 }
                 Err(e) => {
                     tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");
@@ -136,8 +138,28 @@ impl Passthrough {
 
     fn release(&self, fh: u64) {
         let Some(ino) = self.handles.lock().unwrap().remove(&fh) else { return };
-        if let Some(b) = self.backings.lock().unwrap().peek_mut(&ino) {
+        let mut backings = self.backings.lock().unwrap();
+        if let Some(b) = backings.peek_mut(&ino) {
             b.handles -= 1; // kept registered while idle; evicted from the LRU when space is needed
+            if b.handles == 0 && b.deleted {
+                backings.pop(&ino); // dropping the id closes it in the kernel
+            }
+        }
+    }
+
+    /// The cache deleted data file `path` (evicted, or damaged): an idle backing of it is
+    /// released now, a busy one with its last handle. A retained backing would otherwise keep the
+    /// unlinked file's blocks allocated until unmount, beyond `--max-cache-size`.
+    fn deleted(&self, path: &std::path::Path) {
+        let mut backings = self.backings.lock().unwrap();
+        let inos: Vec<u64> = backings.iter().filter(|(_, b)| b.path == path).map(|(ino, _)| *ino).collect();
+        for ino in inos {
+            match backings.peek_mut(&ino) {
+                Some(b) if b.handles > 0 => b.deleted = true,
+                _ => {
+                    backings.pop(&ino);
+                }
+            }
         }
     }
 }
@@ -159,26 +181,38 @@ pub struct FuseAdapter {
 const CONTROL_ATTR: Attr = Attr { ino: CONTROL_INO, size: 0, mtime: std::time::SystemTime::UNIX_EPOCH, is_dir: false };
 
 impl FuseAdapter {
-    /// Wraps `fs`; work runs on `rt`. With `passthrough`, complete verified objects are handed
-    /// to the kernel if it supports FUSE passthrough (Linux 6.9+); `cache_dir` decides the stack
-    /// depth to ask for.
-    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: bool, cache_dir: &std::path::Path, hints: Option<Arc<HintQueue>>) -> Self {
+    /// Wraps `fs`; work runs on `rt`. With `passthrough` (the number of idle backings to keep
+    /// registered), complete verified objects are handed to the kernel if it supports FUSE
+    /// passthrough (Linux 6.9+); `cache_dir` decides the stack depth to ask for.
+    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: Option<usize>, cache_dir: &std::path::Path, hints: Option<Arc<HintQueue>>) -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
             fs,
             rt,
             owner: Owner { uid, gid, ttl: attr_ttl },
-            want_passthrough: passthrough,
+            want_passthrough: passthrough.is_some(),
             stack_depth: if on_overlayfs(cache_dir) { 2 } else { 1 },
             passthrough: Arc::new(Passthrough {
                 enabled: AtomicBool::new(false),
                 backings: Mutex::new(LruCache::unbounded()),
+                retained: passthrough.unwrap_or(0).max(1),
                 handles: Mutex::default(),
                 metrics,
             }),
             hints,
         }
+        .releasing_deleted_backings()
+    }
+
+    fn releasing_deleted_backings(self) -> Self {
+        let passthrough = Arc::downgrade(&self.passthrough);
+        self.fs.cache().on_delete(move |path| {
+            if let Some(p) = passthrough.upgrade() {
+                p.deleted(path);
+            }
+        });
+        self
     }
 }
 

@@ -85,12 +85,23 @@ struct Tables {
     negative: HashMap<(u64, String), Instant>,
 }
 
+/// What the local cache knows of the bucket without S3: consulted only when S3 cannot be
+/// reached, so an offline mount answers lookups of cached objects by path (a training job that
+/// opens files from a list never lists their directories).
+pub trait OfflineCatalog: Send + Sync {
+    /// The cached version of `key`, if any.
+    fn object(&self, key: &str) -> Option<ObjectInfo>;
+    /// Whether any cached key starts with `prefix` (which ends in `/`): a directory.
+    fn holds_prefix(&self, prefix: &str) -> bool;
+}
+
 /// The inode table and listing cache of one mount.
 pub struct Meta {
     client: Arc<dyn ObjectClient>,
     ttl: Option<Duration>,
     tables: Mutex<Tables>,
     store: Option<ListingStore>,
+    catalog: Option<Arc<dyn OfflineCatalog>>,
     offline_warned: std::sync::atomic::AtomicBool,
 }
 
@@ -107,7 +118,13 @@ impl Meta {
         let root = Node { ino: ROOT_INO, kind: NodeKind::Dir { prefix: prefix.to_string() }, learned: Instant::now() };
         tables.by_path.insert((true, prefix.to_string()), ROOT_INO);
         tables.nodes.insert(ROOT_INO, root);
-        Self { client, ttl, tables: Mutex::new(tables), store, offline_warned: Default::default() }
+        Self { client, ttl, tables: Mutex::new(tables), store, catalog: None, offline_warned: Default::default() }
+    }
+
+    /// Answers lookups from `catalog` when S3 cannot be reached.
+    pub fn with_offline_catalog(mut self, catalog: Arc<dyn OfflineCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     fn fresh(&self, learned: Instant) -> bool {
@@ -164,7 +181,10 @@ impl Meta {
             return Ok(Self::intern(&mut self.tables.lock().unwrap(), NodeKind::Dir { prefix: dir_prefix }, learned));
         }
         let (head, list) = tokio::join!(self.client.head(&key), self.client.list(&dir_prefix, None, Some(1)));
-        let list = list.map_err(MetaError::S3)?;
+        let list = match list {
+            Ok(list) => list,
+            Err(e) => return self.lookup_offline(&key, e),
+        };
         let mut tables = self.tables.lock().unwrap();
         if !list.objects.is_empty() || !list.prefixes.is_empty() {
             return Ok(Self::intern(&mut tables, NodeKind::Dir { prefix: dir_prefix }, Instant::now()));
@@ -248,6 +268,22 @@ impl Meta {
                 }
             }
         }
+    }
+
+    /// A lookup S3 could not answer, answered from the cache's own records if they know the name
+    /// (served as learned now: it is the best answer there is until S3 is back).
+    fn lookup_offline(&self, key: &str, e: ObjectError) -> Result<Node, MetaError> {
+        let Some(catalog) = &self.catalog else { return Err(MetaError::S3(e)) };
+        let dir_prefix = format!("{key}/");
+        let kind = if catalog.holds_prefix(&dir_prefix) {
+            NodeKind::Dir { prefix: dir_prefix }
+        } else if let Some(info) = catalog.object(key) {
+            NodeKind::File { info }
+        } else {
+            return Err(MetaError::S3(e));
+        };
+        self.warn_offline(&e);
+        Ok(Self::intern(&mut self.tables.lock().unwrap(), kind, Instant::now()))
     }
 
     fn warn_offline(&self, e: &ObjectError) {

@@ -16,7 +16,7 @@ use crate::fuse::FuseAdapter;
 use crate::hints::HintQueue;
 use crate::io::EngineChoice;
 use crate::listing::ListingStore;
-use crate::meta::Meta;
+use crate::meta::{Meta, OfflineCatalog};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::s3::{S3Client, S3Config};
@@ -179,22 +179,23 @@ pub fn build_runtime() -> Result<tokio::runtime::Runtime, MountError> {
 
 /// Mounts with any client (tests use fault-injecting ones). Counting is added here, so the
 /// metrics see exactly what the client was asked.
-pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, runtime: tokio::runtime::Runtime) -> Result<MountHandle, MountError> {
+pub fn mount_with_client(mut config: MountConfig, client: Arc<dyn ObjectClient>, runtime: tokio::runtime::Runtime) -> Result<MountHandle, MountError> {
     check_mountpoint(&config.mountpoint)?;
+    // Pools of open files are sized from the limit in force (after raising it to the hard one),
+    // so a stock `ulimit -n 1024` holds an epoch over any number of files.
+    let nofile = crate::limits::raise_nofile_limit();
+    let open_entries = crate::limits::open_entries_for(nofile);
+    config.cache.open_entries = config.cache.open_entries.min(open_entries);
+    tracing::info!("open-file limit {nofile}: up to {} cache entries and passthrough backings kept open", config.cache.open_entries);
+    // A passthrough open hands every later read to the kernel, which hashes nothing: with
+    // "re-hash on every read" the daemon must see every read, so passthrough is off.
+    if config.cache.verify_every_read && config.passthrough {
+        tracing::info!("--verify-reads always: FUSE passthrough is off, so every read from disk is re-hashed");
+        config.passthrough = false;
+    }
     let metrics = Arc::new(Metrics::default());
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(client, metrics.clone()));
     let dir = CacheDir::open_exclusive(&config.cache_dir)?;
-
-    match runtime.block_on(client.list(&config.prefix, None, Some(1))) {
-        Ok(_) => {}
-        Err(ObjectError::NotFound(d)) => return Err(MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d }),
-        Err(ObjectError::AccessDenied(d)) => return Err(MountError::AccessDenied(d)),
-        // With the dataset's listing stored in the cache dir, a mount can serve it offline.
-        Err(e) if ListingStore::new(&config.cache_dir, &config.s3.bucket).load(&config.prefix).is_some() => {
-            tracing::warn!("S3 is unreachable ({e}); mounting from the cache dir's stored listings and blocks (offline)");
-        }
-        Err(e) => return Err(MountError::Unreachable(e.to_string())),
-    }
 
     let io = crate::io::probe(config.io_engine)
         .map_err(|source| MountError::Io { what: "starting io_uring (try --io-engine psync)".into(), source })?;
@@ -204,13 +205,28 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
             .map_err(|source| MountError::Io { what: format!("reading cache dir {}", config.cache_dir.display()), source })?,
     );
     tracing::info!("cache holds {} object versions, {} bytes", cache.entry_count(), cache.total_bytes());
+
+    match runtime.block_on(client.list(&config.prefix, None, Some(1))) {
+        Ok(_) => {}
+        Err(ObjectError::NotFound(d)) => return Err(MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d }),
+        Err(ObjectError::AccessDenied(d)) => return Err(MountError::AccessDenied(d)),
+        // With any of the dataset in the cache dir (a stored listing, or cached objects opened by
+        // path), a mount can serve it offline.
+        Err(e) if ListingStore::new(&config.cache_dir, &config.s3.bucket).load(&config.prefix).is_some()
+            || cache.holds_prefix(&config.s3.bucket, &config.prefix) =>
+        {
+            tracing::warn!("S3 is unreachable ({e}); mounting from the cache dir's stored listings and blocks (offline)");
+        }
+        Err(e) => return Err(MountError::Unreachable(e.to_string())),
+    }
     let fetcher = {
         let _guard = runtime.enter();
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.fetch)
     };
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
     let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);
-    let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl, Some(store));
+    let catalog = Arc::new(CacheCatalog { cache: cache.clone(), bucket: config.s3.bucket.clone() });
+    let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl, Some(store)).with_offline_catalog(catalog);
     let fs = Arc::new(HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch));
 
     let metrics_addr = match config.metrics_addr {
@@ -244,7 +260,8 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         hints.spawn_workers(fs.clone(), config.hint_parallel);
         hints
     });
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), config.passthrough, &config.cache_dir, hints.clone());
+    let passthrough = config.passthrough.then_some(config.cache.open_entries);
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), passthrough, &config.cache_dir, hints.clone());
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         // Without the kernel's ro flag the control file can be written; hoardfs itself refuses
@@ -282,6 +299,22 @@ pub fn mount_with_client(config: MountConfig, client: Arc<dyn ObjectClient>, run
         record,
         runtime: Some(runtime),
     })
+}
+
+/// The cache's records of one bucket, as the metadata layer asks for them when S3 is away.
+struct CacheCatalog {
+    cache: Arc<BlockCache>,
+    bucket: String,
+}
+
+impl OfflineCatalog for CacheCatalog {
+    fn object(&self, key: &str) -> Option<crate::object::ObjectInfo> {
+        self.cache.cached_info(&self.bucket, key)
+    }
+
+    fn holds_prefix(&self, prefix: &str) -> bool {
+        self.cache.holds_prefix(&self.bucket, prefix)
+    }
 }
 
 /// Writes the mount's backing-device read-ahead (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`). It
@@ -332,7 +365,15 @@ impl MountHandle {
 
     fn shutdown(&mut self) -> std::io::Result<()> {
         let result = match self.session.take() {
-            Some(session) => session.umount_and_join(),
+            Some(session) => {
+                let unmounted_already = session.guard.is_finished();
+                match session.umount_and_join() {
+                    // `fusermount3 -u` or `umount` got there first: the kernel says EINVAL to a
+                    // second unmount, and there is nothing left to do.
+                    Err(e) if unmounted_already && e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                    other => other,
+                }
+            }
             None => Ok(()),
         };
         if let Some(rt) = &self.runtime {

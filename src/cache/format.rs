@@ -119,6 +119,16 @@ impl Layout {
 }
 
 impl IndexHeader {
+    /// The object version this header describes, as a listing would.
+    pub fn object_info(&self) -> crate::object::ObjectInfo {
+        crate::object::ObjectInfo {
+            key: self.key.clone(),
+            size: self.object_size,
+            etag: self.etag.clone(),
+            last_modified: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(self.mtime_ms.max(0) as u64),
+        }
+    }
+
     /// Number of blocks; the last one may be short. A zero-byte object has no blocks.
     pub fn block_count(&self) -> u64 {
         self.object_size.div_ceil(self.block_size as u64)
