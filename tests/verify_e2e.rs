@@ -136,34 +136,74 @@ fn flip_if(corrupt: bool, body: Bytes) -> Bytes {
     Bytes::from(v)
 }
 
-#[test]
-fn corrupted_get_bodies_never_reach_a_reader() {
-    require_fuse();
-    let server = S3Server::start();
-    let (rt, with) = uploader(&server, true);
+/// `flaky.bin` (its first GET body corrupt), `bad.bin` and `small-bad.bin` (every body corrupt,
+/// the small one a single block fetched whole at open), all with CRC32C; and a mount through
+/// [`Faulty`] with its cache in `cache`.
+fn mount_faulty(server: &S3Server, tmp: &std::path::Path, cache: &std::path::Path) -> (Vec<u8>, hoardfs::mount::MountHandle) {
+    let (rt, with) = uploader(server, true);
     let flaky = bytes(1, 4 * MIB + 3);
-    let bad = bytes(2, 2 * MIB);
-    let small_bad = bytes(3, 1000); // one block: fetched whole at open
     rt.block_on(async {
         with.create_bucket().bucket("faults").send().await.unwrap();
-        for (k, b) in [("flaky.bin", &flaky), ("bad.bin", &bad), ("small-bad.bin", &small_bad)] {
-            with.put_object().bucket("faults").key(k).checksum_algorithm(A::Crc32C).body(b.clone().into()).send().await.unwrap();
+        for (k, b) in [("flaky.bin", flaky.clone()), ("bad.bin", bytes(2, 2 * MIB)), ("small-bad.bin", bytes(3, 1000))] {
+            with.put_object().bucket("faults").key(k).checksum_algorithm(A::Crc32C).body(b.into()).send().await.unwrap();
         }
     });
-    let tmp = tempfile::tempdir().unwrap();
-    let mp = tmp.path().join("mnt");
+    let mp = tmp.join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let runtime = hoardfs::mount::build_runtime().unwrap();
     let inner = runtime.block_on(S3Client::new(&server.config("faults")));
     let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(1), bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()] });
-    let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, &tmp.path().join("cache"));
-    let handle = hoardfs::mount::mount_with_client(config, client, runtime).unwrap();
+    let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, cache);
+    (flaky, hoardfs::mount::mount_with_client(config, client, runtime).unwrap())
+}
 
-    assert_same("flaky.bin after a clean refetch", &std::fs::read(mp.join("flaky.bin")).unwrap(), &flaky);
+/// One corrupt body is survived by a refetch; corrupt bodies every time end in EIO; no wrong
+/// byte either way.
+fn assert_faults_handled(mp: &std::path::Path, flaky: &[u8], handle: &hoardfs::mount::MountHandle) {
+    assert_same("flaky.bin after a clean refetch", &std::fs::read(mp.join("flaky.bin")).unwrap(), flaky);
     for bad in ["bad.bin", "small-bad.bin"] {
         let err = std::fs::read(mp.join(bad)).expect_err("every body corrupt: the read must fail");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{bad}");
     }
     assert!(handle.metrics.verify_failures.load(Ordering::Relaxed) >= 3);
+}
+
+#[test]
+fn corrupted_get_bodies_never_reach_a_reader() {
+    require_fuse();
+    let server = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (flaky, handle) = mount_faulty(&server, tmp.path(), &tmp.path().join("cache"));
+    assert_faults_handled(handle.mountpoint(), &flaky, &handle);
+    handle.unmount().unwrap();
+}
+
+/// A cache disk without a free byte: no entry can be created, every read takes the uncached
+/// path, and strict mode still serves no wrong byte (issue 13: that path served raw S3 bytes).
+#[test]
+fn a_full_cache_disk_with_corrupted_bodies_serves_no_wrong_byte() {
+    require_fuse();
+    let server = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "hoardfs-full"]).arg(&full).status().unwrap();
+    assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Umount(full.clone());
+    let cache = full.join("cache");
+    drop(hoardfs::cache::CacheDir::open_exclusive(&cache).unwrap());
+    let mut filler = std::fs::File::create(full.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[7u8; 4096]).is_ok() {}
+    drop(filler);
+    let (flaky, handle) = mount_faulty(&server, tmp.path(), &cache);
+    assert_faults_handled(handle.mountpoint(), &flaky, &handle);
+    let entries = hoardfs::cache::CacheDir::open_read_only(&cache).unwrap().scan().unwrap().0;
+    assert!(entries.is_empty(), "the disk was not full: {} entries were created", entries.len());
     handle.unmount().unwrap();
 }

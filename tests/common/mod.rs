@@ -332,3 +332,149 @@ impl Drop for LazyUnmount {
         }
     }
 }
+
+/// The `hoardfs` binary mounted in the foreground as a user runs it, optionally under an
+/// open-file limit (soft and hard, as `ulimit -n` sets both) and a umask. [`CliMount::stop`]
+/// unmounts it as a user would (`fusermount3 -u`) and says how the process ended.
+pub struct CliMount {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    pub mountpoint: PathBuf,
+    _guard: LazyUnmount,
+}
+
+/// Process settings for [`CliMount`].
+#[derive(Default, Clone, Copy)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub umask: Option<u32>,
+    pub env: &'static [(&'static str, &'static str)],
+}
+
+impl CliMount {
+    pub fn start(server: &S3Server, bucket: &str, mountpoint: &Path, cache: &Path, extra: &[&str], limits: Limits) -> Self {
+        use std::os::unix::process::CommandExt;
+        require_fuse();
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoardfs"));
+        cmd.args(["mount", &format!("s3://{bucket}")])
+            .arg(mountpoint)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground"])
+            .args(extra)
+            .envs(limits.env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: setrlimit and umask are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(n) = limits.nofile {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(mask) = limits.umask {
+                    libc::umask(mask);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("starting hoardfs");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+            s
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(mountpoint) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("hoardfs exited before mounting ({status}): {}", stderr.join().unwrap());
+            }
+            assert!(Instant::now() < deadline, "mount did not come up within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, stderr: Some(stderr), mountpoint: mountpoint.to_path_buf(), _guard: LazyUnmount(mountpoint.to_path_buf()) }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    /// `fusermount3 -u`, then the process's exit status and everything it wrote to stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("fusermount3").arg("-u").arg(&self.mountpoint).status().unwrap();
+        assert!(status.success(), "fusermount3 -u failed");
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.take().unwrap().join().unwrap())
+    }
+}
+
+impl Drop for CliMount {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A counter of the last finished mount of `cache` (from its `last-mount.json`).
+pub fn last_mount_counter(cache: &Path, name: &str) -> u64 {
+    let record = hoardfs::cache::store::MountRecord::read(&cache.join(hoardfs::cache::store::LAST_MOUNT_RECORD)).expect("last-mount.json");
+    record.counters.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no counter {name}")).1
+}
+
+/// Uploads many objects in parallel (moto takes several ms per PUT).
+pub fn upload_many(server: &S3Server, bucket: &str, objects: &[(String, Vec<u8>)]) {
+    let (rt, client) = uploader(server, true);
+    rt.block_on(async {
+        client.create_bucket().bucket(bucket).send().await.unwrap();
+        let objects = std::sync::Arc::new(objects.to_vec());
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (client, objects, next, bucket) = (client.clone(), objects.clone(), next.clone(), bucket.to_string());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((key, body)) = objects.get(i) else { return };
+                    client.put_object().bucket(&bucket).key(key).body(body.clone().into()).send().await.unwrap_or_else(|e| panic!("upload {key}: {e:?}"));
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+}
+
+/// Every file under `root` with its mode bits, directories included.
+pub fn modes_under(root: &Path) -> Vec<(PathBuf, bool, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![];
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        let meta = e.metadata().unwrap();
+        out.push((e.path(), meta.is_dir(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            out.extend(modes_under(&e.path()));
+        }
+    }
+    out
+}
+
+/// Reads every `(key, bytes)` through `mount_root` with `readers` threads and checks each byte.
+pub fn read_all_parallel(mount_root: &Path, objects: &[(String, Vec<u8>)], readers: usize) {
+    std::thread::scope(|s| {
+        for r in 0..readers {
+            s.spawn(move || {
+                for (key, want) in objects.iter().skip(r).step_by(readers) {
+                    let got = std::fs::read(mount_root.join(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+                    assert_same(key, &got, want);
+                }
+            });
+        }
+    });
+}
