@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tracing::Instrument;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::cache::{BlockCache, CachedObject, ObjectId};
@@ -170,7 +171,10 @@ impl Fetcher {
         let claimed = runs.iter().map(|r| r.end - r.start).sum();
         for run in runs {
             let (this, obj) = (Arc::clone(self), Arc::clone(obj));
-            tokio::spawn(async move { this.run(obj, run).await });
+            // The fetch's span is created here, so it is a child of the read (or prefetch) that
+            // claimed the blocks, although it runs as a task of its own.
+            let span = tracing::debug_span!("fetch", key = %obj.header().key, blocks = ?run);
+            tokio::spawn(async move { this.run(obj, run).await }.instrument(span));
         }
         claimed
     }
@@ -260,6 +264,7 @@ impl Fetcher {
                 FetchError::from(e)
             })?
         };
+        tracing::debug!(range = ?range, bytes = body.len(), "GET done");
         let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
         for b in blocks {
             let start = (b * bs - range.start) as usize;

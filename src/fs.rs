@@ -147,6 +147,7 @@ impl HoardFs {
     }
 
     /// Resolves `name` in `parent`.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         Ok(Attr::of(&self.meta.lookup(parent, name).await?))
     }
@@ -252,6 +253,7 @@ impl HoardFs {
             _ => None,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(ino, fh, key = %info.key, cached = matches!(source, Source::Cached(_)), passthrough = backing.is_some(), "open");
         let handle = Arc::new(OpenFile { ino, info, source, seq: Mutex::new((0, 0)) });
         self.handles.lock().unwrap().insert(fh, handle);
         (fh, backing)
@@ -262,7 +264,9 @@ impl HoardFs {
         self.handles.lock().unwrap().remove(&fh);
     }
 
-    /// Reads up to `size` bytes at `offset` through the cache.
+    /// Reads up to `size` bytes at `offset` through the cache. Its span (`read`, with the
+    /// handle's inode and key) is the parent of the fetches and verifications it starts.
+    #[tracing::instrument(level = "debug", name = "read", skip(self), fields(ino = tracing::field::Empty, key = tracing::field::Empty))]
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let handle = self
             .handles
@@ -271,6 +275,9 @@ impl HoardFs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))?;
+        let span = tracing::Span::current();
+        span.record("ino", handle.ino);
+        span.record("key", handle.info.key.as_str());
         let end = (offset + size as u64).min(handle.info.size);
         if offset >= end {
             return Ok(Bytes::new());
@@ -282,11 +289,14 @@ impl HoardFs {
                 .await
                 .map_err(FsError::from),
         };
-        if let Err(e) = &result {
-            if e.errno == libc::ESTALE {
-                self.meta.invalidate(handle.ino);
+        match &result {
+            Ok(bytes) => tracing::debug!(bytes = bytes.len(), "read served"),
+            Err(e) => {
+                if e.errno == libc::ESTALE {
+                    self.meta.invalidate(handle.ino);
+                }
+                tracing::warn!(errno = e.errno, "read of s3://{}/{} at {offset}+{size} failed: {}", self.bucket, handle.info.key, e.message);
             }
-            tracing::warn!("read of s3://{}/{} at {offset}+{size} failed: {}", self.bucket, handle.info.key, e.message);
         }
         result
     }

@@ -1,18 +1,20 @@
 //! The `hoardfs` binary: parse flags, set up logging, run, report errors plainly.
 
 use clap::Parser;
-use hoardfs::cli::{exit_code, run, Cli};
+use hoardfs::cli::{exit_code, run, Cli, LogFormat};
+use tracing_subscriber::fmt::format::FmtSpan;
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hoardfs=info,fuser=warn,warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hoardfs=info,fuser=warn,warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object per line, each event carrying the spans it happened in (FUSE operation,
+        // fetch, verification unit) with their fields, and a line when each span closes.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).with_span_events(FmtSpan::CLOSE).init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     match run(cli) {
         Ok(true) => {}
         // The command ran and found a problem it reported (corrupt blocks, failed objects).

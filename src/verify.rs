@@ -184,6 +184,7 @@ impl Verifier {
         result
     }
 
+    #[tracing::instrument(level = "debug", name = "verify", skip_all, fields(key = %obj.header().key, unit = u))]
     async fn verify_unit(&self, obj: &Arc<CachedObject>, u: usize) -> Result<(), VerifyError> {
         if obj.unit_verified(u) {
             return Ok(());
@@ -206,6 +207,7 @@ impl Verifier {
             if actual.is_some() && actual == expected {
                 obj.prove(proof.into_iter().filter(|(b, _)| !obj.is_present(*b)));
                 obj.set_unit_verified(u);
+                tracing::debug!(range = ?unit, attempt, "unit matched S3's checksum");
                 if obj.is_verified() {
                     tracing::debug!("s3://{}/{} verified against its {:?} checksum", h.bucket, h.key, h.checksum.algorithm);
                 }

@@ -167,3 +167,32 @@ fn wrong_credentials_are_named_with_exit_status_3() {
     assert!(msg.contains("refused the credentials") && msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
     assert!(!is_mounted(&mp));
 }
+
+/// One read logged with `RUST_LOG=hoardfs=debug --log-format json` can be followed: a JSON line
+/// carries the `read` span with the file's key and byte range, and the GET it caused happened
+/// inside a `fetch` span that is a child of that read.
+#[test]
+fn a_read_can_be_followed_through_json_logs() {
+    let server = S3Server::start();
+    server.bucket("logs", &[("k/obj.bin", &bytes(5, 3 << 20))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = Limits { env: &[("RUST_LOG", "hoardfs=debug")], ..Limits::default() };
+    let mount = CliMount::start(&server, "logs", &tmp.path().join("mnt"), &tmp.path().join("cache"), &["--log-format", "json"], limits);
+    assert_eq!(std::fs::read(mount.path("k/obj.bin")).unwrap().len(), 3 << 20);
+    let (status, stderr) = mount.stop();
+    assert!(status.success(), "{stderr}");
+    // Log lines are JSON; the CLI's own words to the user ("hoardfs: mounted …") are not logs.
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("hoardfs: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let spans = |v: &serde_json::Value| v["spans"].as_array().cloned().unwrap_or_default();
+    let read = |s: &serde_json::Value| s["name"] == "read" && s["key"] == "k/obj.bin" && s["offset"].is_u64() && s["size"].is_u64();
+    assert!(lines.iter().any(|l| spans(l).iter().any(read) && l["fields"]["message"] == "read served"), "no served read in its span");
+    let get_in_fetch_of_read = lines.iter().any(|l| {
+        let s = spans(l);
+        l["fields"]["message"] == "GET done" && s.iter().any(read) && s.iter().any(|s| s["name"] == "fetch" && s["key"] == "k/obj.bin")
+    });
+    assert!(get_in_fetch_of_read, "no GET inside a fetch span under the read:\n{stderr}");
+}

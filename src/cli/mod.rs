@@ -12,16 +12,34 @@ pub use mount::MountArgs;
 
 use crate::object::s3::S3Config;
 
+/// `hoardfs --version`: the release and the cache format it reads and writes, which is what
+/// decides whether two builds can share a cache dir.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cache format ", "1", ")");
+
 /// hoardfs: mount an S3 bucket read-only, with a persistent, verified block cache on local disk.
 ///
 /// Epoch 1 of a training job streams from S3; later epochs, and later mounts of the same cache
 /// directory, read from local disk. Every cached block is checked with blake3 before use.
 #[derive(Parser, Debug)]
-#[command(name = "hoardfs", version, propagate_version = true)]
+#[command(name = "hoardfs", version = VERSION, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Commands,
+    /// Log lines as text, or as one JSON object per line for log shippers (each carries the
+    /// spans it happened in: FUSE operation, fetch, verification unit, with key and byte range).
+    /// Verbosity follows RUST_LOG, per module: for example `hoardfs=info,hoardfs::fetch=debug`.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -125,6 +143,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_names_the_cache_format_this_build_reads() {
+        assert!(VERSION.ends_with(&format!("(cache format {})", crate::cache::format::FORMAT_VERSION)), "{VERSION}");
+    }
 
     #[test]
     fn s3_uris() {
