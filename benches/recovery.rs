@@ -24,7 +24,12 @@ fn main() {
     {
         let cache = open(&root);
         for i in 0..n {
-            let info = ObjectInfo { key: format!("train/{:03}/img-{i:07}.jpg", i % 1000), size: per, etag: format!("\"{i:032x}\""), last_modified: SystemTime::now() };
+            let info = ObjectInfo {
+                key: format!("train/{:03}/img-{i:07}.jpg", i % 1000),
+                size: per,
+                etag: format!("\"{i:032x}\""),
+                last_modified: SystemTime::now(),
+            };
             cache.create("bench", &info, ObjectChecksum::none()).unwrap().mark_all_present_for_bench();
         }
     }

@@ -364,7 +364,8 @@ mod tests {
 
     #[test]
     fn malformed_values_are_recognised() {
-        let full = |algorithm, value: &str| ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value: value.into(), parts: vec![] };
+        let full =
+            |algorithm, value: &str| ObjectChecksum { algorithm, kind: ChecksumType::FullObject, value: value.into(), parts: vec![] };
         assert!(full(Algorithm::Crc64nvme, "SFqI1gSpgjY=").well_formed());
         assert!(!full(Algorithm::Crc64nvme, "819CAw==").well_formed(), "4 bytes cannot be a CRC64");
         assert!(!full(Algorithm::Sha256, "not base64!").well_formed());

@@ -11,14 +11,14 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tracing::Instrument;
 use tokio::sync::{oneshot, Notify, Semaphore};
+use tracing::Instrument;
 
-use crate::cache::{BlockCache, CachedObject, ObjectId};
 use crate::cache::CacheError;
+use crate::cache::{BlockCache, CachedObject, ObjectId};
 use crate::checksum::{block_crc, block_hash};
-use crate::object::ObjectInfo;
 use crate::metrics::Metrics;
+use crate::object::ObjectInfo;
 use crate::object::{ObjectClient, ObjectError};
 
 /// Concurrent GETs at most, by default. 16 saturates a loopback server.
@@ -150,7 +150,12 @@ impl Fetcher {
     /// Registers a waiter (from `waiter`) for each block of `blocks`; blocks nobody is loading
     /// yet are claimed, grouped into runs of neighbours, and each run is loaded by one task.
     /// Returns how many blocks were claimed.
-    fn claim(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: impl Iterator<Item = u64>, mut waiter: impl FnMut(u64) -> Option<Waiter>) -> u64 {
+    fn claim(
+        self: &Arc<Self>,
+        obj: &Arc<CachedObject>,
+        blocks: impl Iterator<Item = u64>,
+        mut waiter: impl FnMut(u64) -> Option<Waiter>,
+    ) -> u64 {
         let per_get = self.blocks_per_get(obj);
         let mut runs: Vec<Range<u64>> = Vec::new();
         {
@@ -300,7 +305,9 @@ impl Fetcher {
             Metrics::add(&self.metrics.verify_failures, 1);
             tracing::warn!(
                 "block {b} of s3://{}/{} (ETag {}) does not match its verified digest (attempt {attempt} of 2)",
-                h.bucket, h.key, h.etag
+                h.bucket,
+                h.key,
+                h.etag
             );
             return None;
         }
@@ -431,7 +438,9 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem.clone(), metrics.clone()));
         let config: CacheConfig = small_blocks();
-        let cache = Arc::new(BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap());
+        let cache = Arc::new(
+            BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap(),
+        );
         let limits = FetchLimits { max_concurrent_gets: 4, max_get_size: get_blocks * BS as u64 };
         let fetcher = Fetcher::new(client, cache, metrics.clone(), limits);
         let obj = fetcher.entry(&info).await.unwrap().unwrap();

@@ -15,10 +15,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
-use crate::verify::{VerifyError, Verifier};
 use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
 use crate::object::ObjectInfo;
 use crate::uncached::UncachedReads;
+use crate::verify::{Verifier, VerifyError};
 
 /// An error with the errno the kernel should see.
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +137,25 @@ pub struct HoardFs {
 
 impl HoardFs {
     /// Assembles the file system from its parts.
-    pub fn new(meta: Meta, cache: Arc<BlockCache>, fetcher: Arc<Fetcher>, verifier: Arc<Verifier>, bucket: String, prefetch: PrefetchConfig) -> Self {
-        Self { meta, cache, fetcher, verifier, bucket, prefetch, handles: Mutex::default(), dirs: Mutex::default(), next_fh: AtomicU64::new(1) }
+    pub fn new(
+        meta: Meta,
+        cache: Arc<BlockCache>,
+        fetcher: Arc<Fetcher>,
+        verifier: Arc<Verifier>,
+        bucket: String,
+        prefetch: PrefetchConfig,
+    ) -> Self {
+        Self {
+            meta,
+            cache,
+            fetcher,
+            verifier,
+            bucket,
+            prefetch,
+            handles: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
     }
 
     /// The block cache underneath.
@@ -188,7 +205,6 @@ impl HoardFs {
     pub async fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         Ok(self.open_with_passthrough(ino, write).await?.0)
     }
-
 
     /// Opens file `ino` and says whether the kernel may read the cache data file directly
     /// (FUSE passthrough): the object is complete, verified against S3 (or S3 has no checksum and
@@ -268,13 +284,7 @@ impl HoardFs {
     /// handle's inode and key) is the parent of the fetches and verifications it starts.
     #[tracing::instrument(level = "debug", name = "read", skip(self), fields(ino = tracing::field::Empty, key = tracing::field::Empty))]
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let handle = self
-            .handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))?;
+        let handle = self.handles.lock().unwrap().get(&fh).cloned().ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))?;
         let span = tracing::Span::current();
         span.record("ino", handle.ino);
         span.record("key", handle.info.key.as_str());
@@ -295,7 +305,13 @@ impl HoardFs {
                 if e.errno == libc::ESTALE {
                     self.meta.invalidate(handle.ino);
                 }
-                tracing::warn!(errno = e.errno, "read of s3://{}/{} at {offset}+{size} failed: {}", self.bucket, handle.info.key, e.message);
+                tracing::warn!(
+                    errno = e.errno,
+                    "read of s3://{}/{} at {offset}+{size} failed: {}",
+                    self.bucket,
+                    handle.info.key,
+                    e.message
+                );
             }
         }
         result

@@ -5,17 +5,16 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lru::LruCache;
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
+use lru::LruCache;
 
 use crate::fs::{Attr, HoardFs};
 use crate::hints::{HintError, HintQueue, CONTROL_INO, CONTROL_NAME};
@@ -41,7 +40,13 @@ impl Owner {
             ctime: a.mtime,
             crtime: a.mtime,
             kind: if a.is_dir { FileType::Directory } else { FileType::RegularFile },
-            perm: if a.is_dir { 0o555 } else if a.ino == CONTROL_INO { 0o222 } else { 0o444 },
+            perm: if a.is_dir {
+                0o555
+            } else if a.ino == CONTROL_INO {
+                0o222
+            } else {
+                0o444
+            },
             nlink: if a.is_dir { 2 } else { 1 },
             uid: self.uid,
             gid: self.gid,
@@ -184,7 +189,15 @@ impl FuseAdapter {
     /// Wraps `fs`; work runs on `rt`. With `passthrough` (the number of idle backings to keep
     /// registered), complete verified objects are handed to the kernel if it supports FUSE
     /// passthrough (Linux 6.9+); `cache_dir` decides the stack depth to ask for.
-    pub fn new(fs: Arc<HoardFs>, rt: tokio::runtime::Handle, attr_ttl: Duration, metrics: Arc<Metrics>, passthrough: Option<usize>, cache_dir: &std::path::Path, hints: Option<Arc<HintQueue>>) -> Self {
+    pub fn new(
+        fs: Arc<HoardFs>,
+        rt: tokio::runtime::Handle,
+        attr_ttl: Duration,
+        metrics: Arc<Metrics>,
+        passthrough: Option<usize>,
+        cache_dir: &std::path::Path,
+        hints: Option<Arc<HintQueue>>,
+    ) -> Self {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
@@ -230,7 +243,13 @@ fn on_overlayfs(path: &std::path::Path) -> bool {
 /// Feeds `add` the entries of directory handle `fh` from `offset` on (`.` and `..` first) until
 /// it says the reply is full. Reads only the handle's in-memory listing, so it runs on the FUSE
 /// thread.
-fn for_each_dir_entry(fs: &HoardFs, ino: u64, fh: u64, offset: u64, mut add: impl FnMut(u64, &str, &Attr) -> bool) -> Result<(), crate::fs::FsError> {
+fn for_each_dir_entry(
+    fs: &HoardFs,
+    ino: u64,
+    fh: u64,
+    offset: u64,
+    mut add: impl FnMut(u64, &str, &Attr) -> bool,
+) -> Result<(), crate::fs::FsError> {
     const PAGE: usize = 256;
     let me = fs.getattr(ino)?;
     let mut i = offset;
@@ -261,8 +280,8 @@ fn errno(e: i32) -> Errno {
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if self.want_passthrough {
-            let accepted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(self.stack_depth).is_ok();
+            let accepted =
+                config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(self.stack_depth).is_ok();
             self.passthrough.enabled.store(accepted, Ordering::Relaxed);
             if accepted && config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_err() {
                 tracing::warn!("this kernel cannot mmap direct-I/O FUSE files; mmap works only on passthrough opens");
@@ -452,7 +471,16 @@ impl fuser::Filesystem for FuseAdapter {
         reply.error(Errno::EROFS);
     }
 
-    fn rename(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _newparent: INodeNo, _newname: &OsStr, _flags: fuser::RenameFlags, reply: fuser::ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
         reply.error(Errno::EROFS);
     }
 

@@ -136,7 +136,11 @@ pub fn stat(dir: &CacheDir) -> std::io::Result<StatReport> {
     let (all, unreadable) = entries(dir, &Filter::default())?;
     let count = |s: VerifyState| all.iter().filter(|e| e.verify == s).count();
     let mount = running_mount(dir).or_else(|| {
-        MountRecord::read(&dir.root().join(LAST_MOUNT_RECORD)).map(|r| MountStatus { running: false, counters: r.counters.clone(), record: r })
+        MountRecord::read(&dir.root().join(LAST_MOUNT_RECORD)).map(|r| MountStatus {
+            running: false,
+            counters: r.counters.clone(),
+            record: r,
+        })
     });
     Ok(StatReport {
         cache_dir: dir.root().display().to_string(),

@@ -333,7 +333,14 @@ impl Meta {
 
     /// Makes a listing current: nodes interned (a name that is both a prefix and an object is
     /// the directory), entries sorted by name for binary search.
-    fn install(&self, ino: u64, prefix: &str, dirs: BTreeMap<String, String>, mut files: BTreeMap<String, ObjectInfo>, learned: Instant) -> Arc<Vec<DirEntry>> {
+    fn install(
+        &self,
+        ino: u64,
+        prefix: &str,
+        dirs: BTreeMap<String, String>,
+        mut files: BTreeMap<String, ObjectInfo>,
+        learned: Instant,
+    ) -> Arc<Vec<DirEntry>> {
         let mut tables = self.tables.lock().unwrap();
         let mut entries = Vec::with_capacity(dirs.len() + files.len());
         for (name, p) in dirs {

@@ -93,7 +93,11 @@ impl MountConfig {
 /// `a/b` and `a/b/` both mean the prefix `a/b/`; "" and "/" mean the whole bucket.
 pub fn normalize_prefix(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
-    if p.is_empty() { String::new() } else { format!("{p}/") }
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
 }
 
 /// Why a mount could not start; each message says what to do.
@@ -179,7 +183,11 @@ pub fn build_runtime() -> Result<tokio::runtime::Runtime, MountError> {
 
 /// Mounts with any client (tests use fault-injecting ones). Counting is added here, so the
 /// metrics see exactly what the client was asked.
-pub fn mount_with_client(mut config: MountConfig, client: Arc<dyn ObjectClient>, runtime: tokio::runtime::Runtime) -> Result<MountHandle, MountError> {
+pub fn mount_with_client(
+    mut config: MountConfig,
+    client: Arc<dyn ObjectClient>,
+    runtime: tokio::runtime::Runtime,
+) -> Result<MountHandle, MountError> {
     check_mountpoint(&config.mountpoint)?;
     // Pools of open files are sized from the limit in force (after raising it to the hard one),
     // so a stock `ulimit -n 1024` holds an epoch over any number of files.
@@ -212,8 +220,9 @@ pub fn mount_with_client(mut config: MountConfig, client: Arc<dyn ObjectClient>,
         Err(ObjectError::AccessDenied(d)) => return Err(MountError::AccessDenied(d)),
         // With any of the dataset in the cache dir (a stored listing, or cached objects opened by
         // path), a mount can serve it offline.
-        Err(e) if ListingStore::new(&config.cache_dir, &config.s3.bucket).load(&config.prefix).is_some()
-            || cache.holds_prefix(&config.s3.bucket, &config.prefix) =>
+        Err(e)
+            if ListingStore::new(&config.cache_dir, &config.s3.bucket).load(&config.prefix).is_some()
+                || cache.holds_prefix(&config.s3.bucket, &config.prefix) =>
         {
             tracing::warn!("S3 is unreachable ({e}); mounting from the cache dir's stored listings and blocks (offline)");
         }
@@ -261,7 +270,8 @@ pub fn mount_with_client(mut config: MountConfig, client: Arc<dyn ObjectClient>,
         hints
     });
     let passthrough = config.passthrough.then_some(config.cache.open_entries);
-    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), passthrough, &config.cache_dir, hints.clone());
+    let adapter =
+        FuseAdapter::new(fs.clone(), runtime.handle().clone(), kernel_ttl, metrics.clone(), passthrough, &config.cache_dir, hints.clone());
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         // Without the kernel's ro flag the control file can be written; hoardfs itself refuses

@@ -40,7 +40,12 @@ pub fn rig_on(dir: &Path, mem: Arc<MemoryClient>, io: Arc<dyn IoEngine>, config:
     let metrics = Arc::new(Metrics::default());
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem, metrics.clone()));
     let cache = Arc::new(BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), io, metrics.clone(), config).unwrap());
-    let fetcher = Fetcher::new(client.clone(), cache.clone(), metrics.clone(), crate::fetch::FetchLimits { max_concurrent_gets: 4, ..Default::default() });
+    let fetcher = Fetcher::new(
+        client.clone(),
+        cache.clone(),
+        metrics.clone(),
+        crate::fetch::FetchLimits { max_concurrent_gets: 4, ..Default::default() },
+    );
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let meta = Meta::new(client, "", None, None);
     let fs = HoardFs::new(meta, cache.clone(), fetcher, verifier, "b".into(), PrefetchConfig::default());
@@ -78,11 +83,21 @@ pub async fn read_all(fs: &HoardFs, name: &str) -> Result<Vec<u8>, crate::fs::Fs
 pub struct SlowWrites(pub Arc<dyn IoEngine>, pub std::time::Duration);
 
 impl IoEngine for SlowWrites {
-    fn read_at(&self, file: &Arc<std::fs::File>, offset: u64, len: usize) -> crate::object::BoxFuture<'static, std::io::Result<bytes::Bytes>> {
+    fn read_at(
+        &self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    ) -> crate::object::BoxFuture<'static, std::io::Result<bytes::Bytes>> {
         self.0.read_at(file, offset, len)
     }
 
-    fn write_at(&self, file: &Arc<std::fs::File>, offset: u64, data: bytes::Bytes) -> crate::object::BoxFuture<'static, std::io::Result<()>> {
+    fn write_at(
+        &self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> crate::object::BoxFuture<'static, std::io::Result<()>> {
         let (inner, delay) = (self.0.write_at(file, offset, data), self.1);
         Box::pin(async move {
             tokio::time::sleep(delay).await;

@@ -37,7 +37,15 @@ pub struct UncachedReads {
 impl UncachedReads {
     /// Bytes `range` of `info`, checked as `policy` requires. `why` says why the object is not
     /// cached, for the error message.
-    pub async fn read(&self, fetcher: &Fetcher, metrics: &Metrics, policy: VerifyPolicy, info: &ObjectInfo, range: Range<u64>, why: &str) -> Result<Bytes, VerifyError> {
+    pub async fn read(
+        &self,
+        fetcher: &Fetcher,
+        metrics: &Metrics,
+        policy: VerifyPolicy,
+        info: &ObjectInfo,
+        range: Range<u64>,
+        why: &str,
+    ) -> Result<Bytes, VerifyError> {
         let checksum = self.checksum.get_or_try_init(|| fetcher.object_checksum(&info.key, &info.etag)).await?;
         if checksum.algorithm == Algorithm::None && policy.require_checksum {
             return Err(VerifyError::Unverifiable(format!(
@@ -66,13 +74,23 @@ impl UncachedReads {
     /// Unit `u` of the object, verified: from the handle's memory, else fetched whole and checked
     /// (a mismatch is fetched once more; a second one is an error).
     #[allow(clippy::too_many_arguments)]
-    async fn unit(&self, fetcher: &Fetcher, metrics: &Metrics, info: &ObjectInfo, checksum: &ObjectChecksum, u: usize, unit: Range<u64>, why: &str) -> Result<Bytes, VerifyError> {
+    async fn unit(
+        &self,
+        fetcher: &Fetcher,
+        metrics: &Metrics,
+        info: &ObjectInfo,
+        checksum: &ObjectChecksum,
+        u: usize,
+        unit: Range<u64>,
+        why: &str,
+    ) -> Result<Bytes, VerifyError> {
         if let Some((r, bytes)) = self.last.lock().unwrap().as_ref() {
             if *r == unit {
                 return Ok(bytes.clone());
             }
         }
-        let what = || format!("s3://{}/{} (ETag {}) bytes {}-{}", fetcher.bucket(), info.key, info.etag, unit.start, unit.end.saturating_sub(1));
+        let what =
+            || format!("s3://{}/{} (ETag {}) bytes {}-{}", fetcher.bucket(), info.key, info.etag, unit.start, unit.end.saturating_sub(1));
         if unit.end - unit.start > MAX_UNIT_IN_MEMORY {
             return Err(VerifyError::Unverifiable(format!(
                 "{} cannot be cached ({why}) and its checksum unit is larger than the {} MiB hoardfs verifies in memory; \

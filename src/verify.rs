@@ -194,7 +194,12 @@ impl Verifier {
         let failed = || {
             VerifyError::Mismatch(format!(
                 "s3://{}/{} (ETag {}) bytes {}-{} failed verification against S3's {:?} checksum twice",
-                h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1), h.checksum.algorithm
+                h.bucket,
+                h.key,
+                h.etag,
+                unit.start,
+                unit.end.saturating_sub(1),
+                h.checksum.algorithm
             ))
         };
         if obj.unit_failed(u) {
@@ -216,7 +221,12 @@ impl Verifier {
             Metrics::add(&self.metrics.verify_failures, 1);
             tracing::warn!(
                 "s3://{}/{} (ETag {}) bytes {}-{} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them",
-                h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1), h.checksum.algorithm
+                h.bucket,
+                h.key,
+                h.etag,
+                unit.start,
+                unit.end.saturating_sub(1),
+                h.checksum.algorithm
             );
             self.fetcher.settle(obj, blocks_of(obj, &unit)).await;
             for b in blocks_of(obj, &unit) {
@@ -229,7 +239,12 @@ impl Verifier {
 
     /// The checksum of the unit's bytes, loading missing blocks first. `None` if a block
     /// vanished in between (the caller then counts it as a mismatch and refetches).
-    async fn unit_checksum(&self, obj: &Arc<CachedObject>, unit: &Range<u64>, proof: &mut Vec<(u64, [u8; 32])>) -> Result<Option<Vec<u8>>, FetchError> {
+    async fn unit_checksum(
+        &self,
+        obj: &Arc<CachedObject>,
+        unit: &Range<u64>,
+        proof: &mut Vec<(u64, [u8; 32])>,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
         let h = obj.header();
         let bs = h.block_size as u64;
         let blocks: Vec<u64> = blocks_of(obj, unit).collect();
@@ -250,10 +265,8 @@ impl Verifier {
         *proof = digests;
         let aligned = unit.start % bs == 0 && (unit.end % bs == 0 || unit.end == h.object_size);
         if h.checksum.algorithm.crc().is_some() && aligned {
-            let pieces: Option<Vec<(u64, u64)>> = blocks
-                .iter()
-                .map(|&b| loaded.get(&b).copied().or_else(|| obj.block_crc(b)).map(|c| (c, h.block_len(b) as u64)))
-                .collect();
+            let pieces: Option<Vec<(u64, u64)>> =
+                blocks.iter().map(|&b| loaded.get(&b).copied().or_else(|| obj.block_crc(b)).map(|c| (c, h.block_len(b) as u64))).collect();
             return Ok(pieces.and_then(|p| combine_crcs(h.checksum.algorithm, p)));
         }
         let mut hasher = UnitHasher::new(h.checksum.algorithm);
@@ -328,9 +341,7 @@ mod tests {
     fn states(dir: &std::path::Path) -> Vec<VerifyState> {
         let cache = crate::cache::CacheDir::open_read_only(dir).unwrap();
         let (ids, _) = cache.scan().unwrap();
-        ids.iter()
-            .map(|id| crate::cache::index::ObjectIndex::read_snapshot(&cache.paths(id).1).unwrap().verify_state())
-            .collect()
+        ids.iter().map(|id| crate::cache::index::ObjectIndex::read_snapshot(&cache.paths(id).1).unwrap().verify_state()).collect()
     }
 
     /// Corrupt GET bodies: one bad answer is survived by a refetch; bad answers every time end in
@@ -421,7 +432,8 @@ mod tests {
                 }
             });
             let dir = tempfile::tempdir().unwrap();
-            let io = Arc::new(crate::testing::SlowWrites(crate::io::probe(EngineChoice::Psync).unwrap(), std::time::Duration::from_millis(50)));
+            let io =
+                Arc::new(crate::testing::SlowWrites(crate::io::probe(EngineChoice::Psync).unwrap(), std::time::Duration::from_millis(50)));
             let r = crate::testing::rig_on(dir.path(), mem, io, small_blocks(), strict());
             assert_eq!(read_all(&r.fs, "o").await.unwrap(), body, "{alg:?}");
             assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 1, "{alg:?}");

@@ -91,7 +91,9 @@ pub async fn warm(
         let (metrics, progress) = (metrics.clone(), progress.clone());
         tokio::spawn(async move {
             loop {
-                progress.set_position(metrics.s3_get_bytes.load(Ordering::Relaxed) - fetched_before + metrics.cache_bytes_read.load(Ordering::Relaxed));
+                progress.set_position(
+                    metrics.s3_get_bytes.load(Ordering::Relaxed) - fetched_before + metrics.cache_bytes_read.load(Ordering::Relaxed),
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

@@ -24,13 +24,7 @@ fn json(args: &[&str]) -> Value {
 }
 
 fn counter(stat: &Value, name: &str) -> u64 {
-    stat["mount"]["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c[0] == name)
-        .map(|c| c[1].as_u64().unwrap())
-        .unwrap_or(0)
+    stat["mount"]["counters"].as_array().unwrap().iter().find(|c| c[0] == name).map(|c| c[1].as_u64().unwrap()).unwrap_or(0)
 }
 
 #[test]

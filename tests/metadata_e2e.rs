@@ -105,16 +105,17 @@ fn markers_file_and_prefix_clashes_and_empty_prefixes() {
     server.bucket(
         "edges",
         &[
-            ("marker/", b""),                // directory marker with contents
+            ("marker/", b""), // directory marker with contents
             ("marker/inside.txt", b"inside"),
-            ("empty/", b""),                 // directory marker alone: an empty directory
-            ("clash", b"file"),              // both an object...
-            ("clash/child.txt", b"child"),   // ...and a prefix: shown as the directory
+            ("empty/", b""),               // directory marker alone: an empty directory
+            ("clash", b"file"),            // both an object...
+            ("clash/child.txt", b"child"), // ...and a prefix: shown as the directory
         ],
     );
     let tmp = tempfile::tempdir().unwrap();
     let mount = TestMount::new(&server, "edges", &tmp.path().join("cache"), tmp.path());
-    let mut root: Vec<String> = std::fs::read_dir(&mount.mountpoint).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut root: Vec<String> =
+        std::fs::read_dir(&mount.mountpoint).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     root.sort();
     assert_eq!(root, ["clash", "empty", "marker"]);
     assert!(std::fs::metadata(mount.path("clash")).unwrap().is_dir());

@@ -56,9 +56,8 @@ fn whole_and_random_reads_of_every_size() {
 #[test]
 fn tree_of_small_objects_with_awkward_names() {
     let server = S3Server::start();
-    let mut objects: Vec<(String, Vec<u8>)> = (0..200)
-        .map(|i| (format!("set-{}/class {}/item-{i:03}.bin", i % 4, i % 7), bytes(100 + i, 1000 + i as usize * 37)))
-        .collect();
+    let mut objects: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("set-{}/class {}/item-{i:03}.bin", i % 4, i % 7), bytes(100 + i, 1000 + i as usize * 37))).collect();
     objects.push(("unicode/naïve café/日本語 ファイル.txt".into(), b"non-ascii".to_vec()));
     objects.push(("with spaces/a b  c.txt".into(), b"spaces".to_vec()));
     objects.push(("marker/".into(), Vec::new())); // a directory marker object
@@ -76,11 +75,8 @@ fn tree_of_small_objects_with_awkward_names() {
     let mut seen = Vec::new();
     walk(&mount.mountpoint, &mount.mountpoint, &mut seen);
     seen.sort();
-    let mut expected: Vec<String> = objects
-        .iter()
-        .map(|(k, _)| k.clone())
-        .filter(|k| !k.ends_with('/') && !bad.contains(&k.as_str()))
-        .collect();
+    let mut expected: Vec<String> =
+        objects.iter().map(|(k, _)| k.clone()).filter(|k| !k.ends_with('/') && !bad.contains(&k.as_str())).collect();
     expected.sort();
     assert_eq!(seen, expected);
     for (key, want) in objects.iter().filter(|(k, _)| expected.contains(k)) {

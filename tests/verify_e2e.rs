@@ -33,13 +33,10 @@ fn every_checksum_kind_is_verified_through_the_mount() {
         // object's CRC32 whatever algorithm was asked: right for CRC32; a 4-byte "CRC64NVME"
         // that hoardfs recognises as malformed (recorded unverified); and a "CRC32C" that the
         // bytes do not match, which hoardfs must refuse (EIO, Failed), as it would on real S3.
-        for (i, (alg, state)) in [
-            (A::Crc32, VerifyState::Verified),
-            (A::Crc64Nvme, VerifyState::Unverifiable),
-            (A::Crc32C, VerifyState::Failed),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (alg, state)) in
+            [(A::Crc32, VerifyState::Verified), (A::Crc64Nvme, VerifyState::Unverifiable), (A::Crc32C, VerifyState::Failed)]
+                .into_iter()
+                .enumerate()
         {
             let key = format!("multipart-full/{}", alg.as_str());
             let parts = vec![bytes(10 + i as u64, 5 * MIB), bytes(20 + i as u64, 5 * MIB), bytes(30 + i as u64, 1234)];
@@ -152,7 +149,12 @@ fn mount_faulty(server: &S3Server, tmp: &std::path::Path, cache: &std::path::Pat
     std::fs::create_dir(&mp).unwrap();
     let runtime = hoardfs::mount::build_runtime().unwrap();
     let inner = runtime.block_on(S3Client::new(&server.config("faults")));
-    let client = Arc::new(Faulty { inner, flaky_key: "flaky.bin".into(), flaky_left: AtomicI64::new(1), bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()] });
+    let client = Arc::new(Faulty {
+        inner,
+        flaky_key: "flaky.bin".into(),
+        flaky_left: AtomicI64::new(1),
+        bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()],
+    });
     let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, cache);
     (flaky, hoardfs::mount::mount_with_client(config, client, runtime).unwrap())
 }

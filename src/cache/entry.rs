@@ -205,11 +205,7 @@ impl CachedObject {
     pub(super) fn entry_bytes(&self) -> u64 {
         let index = self.index.lock().unwrap();
         let idx_len = Layout::new(self.header.encoded_len(), self.block_count()).file_len as u64;
-        let data: u64 = (0..self.block_count())
-            .filter(|&b| index.is_present(b))
-            .map(|b| round_up(self.header.block_len(b) as u64))
-            .sum();
+        let data: u64 = (0..self.block_count()).filter(|&b| index.is_present(b)).map(|b| round_up(self.header.block_len(b) as u64)).sum();
         round_up(idx_len) + data
     }
 }
-

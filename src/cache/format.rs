@@ -108,13 +108,7 @@ impl Layout {
         let bitmap_off = state_off + STATE_LEN;
         let bitmap_len = align8(block_count.div_ceil(8) as usize);
         let records_off = bitmap_off + bitmap_len;
-        Self {
-            state_off,
-            bitmap_off,
-            bitmap_len,
-            records_off,
-            file_len: records_off + RECORD_LEN * block_count as usize,
-        }
+        Self { state_off, bitmap_off, bitmap_len, records_off, file_len: records_off + RECORD_LEN * block_count as usize }
     }
 }
 
@@ -208,10 +202,8 @@ impl IndexHeader {
         let object_size = r.u64()?;
         let block_count = r.u64()?;
         let mtime_ms = r.u64()? as i64;
-        let checksum_algorithm =
-            Algorithm::from_code(r.u8()?).ok_or(FormatError::Corrupt("unknown checksum algorithm"))?;
-        let checksum_type =
-            ChecksumType::from_code(r.u8()?).ok_or(FormatError::Corrupt("unknown checksum type"))?;
+        let checksum_algorithm = Algorithm::from_code(r.u8()?).ok_or(FormatError::Corrupt("unknown checksum algorithm"))?;
+        let checksum_type = ChecksumType::from_code(r.u8()?).ok_or(FormatError::Corrupt("unknown checksum type"))?;
         r.take(2)?;
         let part_count = r.u32()? as usize;
         let lens = [r.u16()?, r.u16()?, r.u16()?, r.u16()?];
@@ -233,12 +225,8 @@ impl IndexHeader {
             let raw = r.take(n as usize)?;
             String::from_utf8(raw.to_vec()).map_err(|_| FormatError::Corrupt("string is not UTF-8"))
         });
-        let (bucket, key, etag, checksum_value) = (
-            strings.next().unwrap()?,
-            strings.next().unwrap()?,
-            strings.next().unwrap()?,
-            strings.next().unwrap()?,
-        );
+        let (bucket, key, etag, checksum_value) =
+            (strings.next().unwrap()?, strings.next().unwrap()?, strings.next().unwrap()?, strings.next().unwrap()?);
         drop(strings);
         let mut sizes = Vec::with_capacity(part_count.min(10_000));
         for _ in 0..part_count {

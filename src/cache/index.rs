@@ -81,10 +81,8 @@ impl ObjectIndex {
     /// that may run beside a mount.
     pub fn read_snapshot(path: &Path) -> Result<IndexSnapshot, IndexError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let (header, header_len) = IndexHeader::decode(&bytes).map_err(|source| IndexError::Format {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let (header, header_len) =
+            IndexHeader::decode(&bytes).map_err(|source| IndexError::Format { path: path.display().to_string(), source })?;
         let layout = Layout::new(header_len, header.block_count());
         if bytes.len() != layout.file_len {
             return Err(IndexError::Format {

@@ -25,9 +25,9 @@ use crate::checksum::block_hash;
 use crate::io::IoEngine;
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
+pub use entry::CachedObject;
 use format::{IndexHeader, Layout, VerifyState};
 use index::{IndexError, ObjectIndex};
-pub use entry::CachedObject;
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default
@@ -168,7 +168,9 @@ impl BlockCache {
                 let dir = &dir;
                 let handles: Vec<_> = ids
                     .chunks(chunk)
-                    .map(|part| s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>()))
+                    .map(|part| {
+                        s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>())
+                    })
                     .collect();
                 handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
             })
@@ -181,10 +183,8 @@ impl BlockCache {
                     versions.entry(version_key(&h.bucket, &h.key)).or_insert_with(Vec::new).push(id);
                     version_of.insert(id, version_key(&h.bucket, &h.key));
                     let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
-                    let data_bytes: u64 = (0..h.block_count())
-                        .filter(|&b| snap.is_present(b))
-                        .map(|b| round_up(h.block_len(b) as u64))
-                        .sum();
+                    let data_bytes: u64 =
+                        (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| round_up(h.block_len(b) as u64)).sum();
                     entries.push((snap.last_access(), id, round_up(idx_len) + data_bytes));
                 }
                 Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
@@ -318,7 +318,12 @@ impl BlockCache {
     /// Creates the entry for an object version with what S3 offers to verify it against. The
     /// data file (sparse, full length) is created before the index, so an index always has its
     /// data file. If another caller created it meanwhile, that entry is returned.
-    pub fn create(&self, bucket: &str, info: &ObjectInfo, checksum: crate::checksum::ObjectChecksum) -> Result<Arc<CachedObject>, CacheError> {
+    pub fn create(
+        &self,
+        bucket: &str,
+        info: &ObjectInfo,
+        checksum: crate::checksum::ObjectChecksum,
+    ) -> Result<Arc<CachedObject>, CacheError> {
         if let Some(obj) = self.open_existing(bucket, info)? {
             return Ok(obj);
         }
@@ -331,11 +336,7 @@ impl BlockCache {
         let header = IndexHeader {
             block_size: self.config.block_size,
             object_size: info.size,
-            mtime_ms: info
-                .last_modified
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            mtime_ms: info.last_modified.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
             checksum,
             bucket: bucket.to_string(),
             key: info.key.clone(),
@@ -362,7 +363,13 @@ impl BlockCache {
         self.activate(&mut state, id, index, data_path)
     }
 
-    fn activate(&self, state: &mut State, id: ObjectId, mut index: ObjectIndex, data_path: std::path::PathBuf) -> Result<Arc<CachedObject>, CacheError> {
+    fn activate(
+        &self,
+        state: &mut State,
+        id: ObjectId,
+        mut index: ObjectIndex,
+        data_path: std::path::PathBuf,
+    ) -> Result<Arc<CachedObject>, CacheError> {
         let data = Self::shedding_on_emfile(state, || OpenOptions::new().read(true).write(true).open(&data_path))
             .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
         index.touch(now_secs());
@@ -522,7 +529,8 @@ impl BlockCache {
                 Metrics::add(&self.metrics.cache_miss_blocks, 1);
                 tracing::warn!(
                     "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
-                    obj.header.bucket, obj.header.key
+                    obj.header.bucket,
+                    obj.header.key
                 );
                 obj.drop_block(b);
                 None
@@ -580,12 +588,7 @@ impl BlockCache {
         }
         if let Some(limit) = self.config.max_size {
             while state.total + cost > limit {
-                let victim = state
-                    .lru
-                    .iter()
-                    .rev()
-                    .map(|(id, _)| *id)
-                    .find(|v| *v != id && !Self::in_use(&state, v));
+                let victim = state.lru.iter().rev().map(|(id, _)| *id).find(|v| *v != id && !Self::in_use(&state, v));
                 let Some(victim) = victim else { return false };
                 let bytes = state.lru.peek(&victim).copied().unwrap_or(0);
                 self.forget(&mut state, victim);

@@ -222,10 +222,8 @@ impl CacheDir {
         const THREADS: usize = 16;
         let per = shards.len().div_ceil(THREADS).max(1);
         let results: Vec<std::io::Result<(Vec<ObjectId>, Vec<PathBuf>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = shards
-                .chunks(per)
-                .map(|part| s.spawn(move || part.iter().map(|p| scan_shard(p)).collect::<Vec<_>>()))
-                .collect();
+            let handles: Vec<_> =
+                shards.chunks(per).map(|part| s.spawn(move || part.iter().map(|p| scan_shard(p)).collect::<Vec<_>>())).collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
         });
         let (mut ids, mut strays) = (Vec::new(), Vec::new());
@@ -329,9 +327,7 @@ impl MountRecord {
 }
 
 fn marker_text() -> String {
-    format!(
-        "hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {FORMAT_VERSION}\n"
-    )
+    format!("hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {FORMAT_VERSION}\n")
 }
 
 #[cfg(test)]

@@ -135,7 +135,13 @@ async fn committed_cache_dir_fixture_serves_its_object() {
     let content: Vec<u8> = (0..5000).map(|i| ((i * 7) % 256) as u8).collect();
     let mem = Arc::new(MemoryClient::new("demo"));
     let metrics = Arc::new(Metrics::default());
-    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), small_blocks()).unwrap();
+    let cache = BlockCache::open(
+        CacheDir::open_exclusive(dir.path()).unwrap(),
+        probe(EngineChoice::Psync).unwrap(),
+        metrics.clone(),
+        small_blocks(),
+    )
+    .unwrap();
     let info = crate::object::ObjectInfo {
         key: "hello/world.bin".into(),
         size: 5000,
@@ -170,8 +176,15 @@ async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys()
     let metrics = Arc::new(Metrics::default());
     // Room for two 4-block entries and their indexes, not three.
     let config = CacheConfig { max_size: Some(11 * 4096), ..small_blocks() };
-    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap();
-    let info = |key: &str, etag: &str| crate::object::ObjectInfo { key: key.into(), size: 4 * 4096, etag: etag.into(), last_modified: SystemTime::now() };
+    let cache =
+        BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config)
+            .unwrap();
+    let info = |key: &str, etag: &str| crate::object::ObjectInfo {
+        key: key.into(),
+        size: 4 * 4096,
+        etag: etag.into(),
+        last_modified: SystemTime::now(),
+    };
     let none = crate::checksum::ObjectChecksum::none;
     // Oldest: another key. Then version 1 of "model", then version 2 of "model".
     for (key, etag) in [("other", "\"o\""), ("model", "\"v1\""), ("model", "\"v2\"")] {
@@ -182,11 +195,8 @@ async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys()
             cache.write_block(&obj, b, data, hash, 0).await;
         }
     }
-    let left: Vec<String> = cache
-        .entry_ids()
-        .iter()
-        .map(|id| ObjectIndex::read_snapshot(&cache.dir().paths(id).1).unwrap().header.etag)
-        .collect();
+    let left: Vec<String> =
+        cache.entry_ids().iter().map(|id| ObjectIndex::read_snapshot(&cache.dir().paths(id).1).unwrap().header.etag).collect();
     assert!(left.contains(&"\"o\"".to_string()), "the other key's older entry stays: {left:?}");
     assert!(!left.contains(&"\"v1\"".to_string()), "the superseded version went first: {left:?}");
 }
@@ -204,7 +214,9 @@ async fn an_entry_that_cannot_be_opened_for_lack_of_descriptors_stays_on_disk() 
         assert_eq!(read_all(&r.fs, "obj").await.unwrap(), body);
     }
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let cache = BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics, small_blocks()).unwrap();
+    let cache =
+        BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics, small_blocks())
+            .unwrap();
     let (data, idx) = cache.dir().paths(&ObjectId::new("b", "obj", &info.etag));
     {
         let _starved = crate::testing::FdsExhausted::now();

@@ -264,7 +264,8 @@ fn chrono_like(secs: u64) -> String {
 fn verify(a: &FilterArgs) -> Result<bool> {
     let filter = filter_of(a.source.as_deref())?;
     let rt = runtime()?;
-    let cache = rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
+    let cache =
+        rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
     let report = rt.block_on(inspect::verify(Arc::new(cache), &filter, 8));
     if a.common.json {
         print_json(&report)?;
@@ -291,7 +292,8 @@ fn evict(a: &EvictArgs) -> Result<bool> {
         _ => bail!("say what to evict: --all, s3://BUCKET/PREFIX, or --older-than DURATION"),
     };
     let rt = runtime()?;
-    let cache = rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
+    let cache =
+        rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
     let report = inspect::evict(&cache, &what);
     if a.common.json {
         print_json(&report)?;
@@ -318,10 +320,8 @@ fn warm(a: WarmArgs) -> Result<bool> {
     let open_entries = crate::limits::open_entries_for(crate::limits::raise_nofile_limit());
     let config = CacheConfig { max_size: a.max_cache_size, open_entries, ..CacheConfig::default() };
     let cache = rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, config, metrics.clone()) })?;
-    let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(
-        Arc::new(rt.block_on(S3Client::new(&a.s3.config(bucket.clone())))),
-        metrics.clone(),
-    ));
+    let client: Arc<dyn ObjectClient> =
+        Arc::new(CountingClient::new(Arc::new(rt.block_on(S3Client::new(&a.s3.config(bucket.clone())))), metrics.clone()));
     let prefix = crate::mount::normalize_prefix(&prefix);
     let listed = rt.block_on(crate::warm::list_all(client.as_ref(), &prefix)).with_context(|| format!("listing {}", a.source))?;
     let (mut objects, missing) = crate::warm::apply_order(listed, &order);
@@ -333,7 +333,11 @@ fn warm(a: WarmArgs) -> Result<bool> {
     }
     let total: u64 = objects.iter().map(|o| o.size).sum();
     if let Some(limit) = a.max_cache_size.filter(|l| total > *l) {
-        eprintln!("warning: {} to warm is more than --max-cache-size {}; earlier objects will be evicted", ByteSize(total), ByteSize(limit));
+        eprintln!(
+            "warning: {} to warm is more than --max-cache-size {}; earlier objects will be evicted",
+            ByteSize(total),
+            ByteSize(limit)
+        );
     }
     let bar = if a.common.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
     bar.set_style(
@@ -341,7 +345,16 @@ fn warm(a: WarmArgs) -> Result<bool> {
             .expect("static template"),
     );
     let policy = VerifyPolicy { mode: a.verify, require_checksum: false };
-    let report = rt.block_on(crate::warm::warm(client, Arc::new(cache), metrics, policy, objects, a.parallel_objects, FetchLimits { max_concurrent_gets: a.max_concurrent_gets, max_get_size: a.max_get_size }, bar));
+    let report = rt.block_on(crate::warm::warm(
+        client,
+        Arc::new(cache),
+        metrics,
+        policy,
+        objects,
+        a.parallel_objects,
+        FetchLimits { max_concurrent_gets: a.max_concurrent_gets, max_get_size: a.max_get_size },
+        bar,
+    ));
     if a.common.json {
         print_json(&report)?;
     } else {

@@ -110,8 +110,8 @@ pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
         bail!(UsageError(format!("{uri:?} is not an S3 URI: write it as s3://BUCKET or s3://BUCKET/PREFIX")));
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let valid =
+        (3..=63).contains(&bucket.len()) && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     if !valid {
         bail!(UsageError(format!("{bucket:?} in {uri:?} is not a valid bucket name: 3-63 characters of a-z, 0-9, '-' and '.'")));
     }

@@ -150,11 +150,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
 fn launch_daemon(args: &MountArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the hoardfs executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
-        .env(DAEMON_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args(std::env::args_os().skip(1)).env(DAEMON_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     // SAFETY: setsid is async-signal-safe and is the only call made between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -185,7 +181,7 @@ fn announce_ready_and_detach(args: &MountArgs) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().create(true).append(true).mode(crate::cache::store::FILE_MODE).open(&log_path)
     }
-        .with_context(|| format!("opening log file {}", log_path.display()))?;
+    .with_context(|| format!("opening log file {}", log_path.display()))?;
     println!("{READY_LINE}");
     std::io::stdout().flush()?;
     // SAFETY: dup2 onto the standard descriptors of this process; `log` outlives the calls.

@@ -60,13 +60,7 @@ mod tests {
     /// The same contract, run against both engines.
     async fn contract(engine: Arc<dyn IoEngine>) {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.path().join("f")).unwrap();
         file.set_len(3 << 20).unwrap();
         let file = Arc::new(file);
         let data = Bytes::from((0..(1 << 20)).map(|i| (i % 251) as u8).collect::<Vec<_>>());

@@ -23,18 +23,8 @@ use crate::object::BoxFuture;
 pub const QUEUE_DEPTH: usize = 256;
 
 enum Op {
-    Read {
-        file: File,
-        offset: u64,
-        len: usize,
-        reply: oneshot::Sender<io::Result<Bytes>>,
-    },
-    Write {
-        file: File,
-        offset: u64,
-        data: Bytes,
-        reply: oneshot::Sender<io::Result<()>>,
-    },
+    Read { file: File, offset: u64, len: usize, reply: oneshot::Sender<io::Result<Bytes>> },
+    Write { file: File, offset: u64, data: Bytes, reply: oneshot::Sender<io::Result<()>> },
 }
 
 /// Handle to the ring thread; cloning the sender is all a caller needs.
@@ -47,35 +37,28 @@ impl UringEngine {
     pub fn start() -> io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Op>(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        std::thread::Builder::new()
-            .name("hoardfs-uring".into())
-            .spawn(move || {
-                let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(QUEUE_DEPTH as u32)) {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let _ = ready_tx.send(self_test().await);
-                    while let Some(op) = rx.recv().await {
-                        tokio_uring::spawn(run(op));
-                    }
-                });
-            })?;
-        ready_rx
-            .recv()
-            .map_err(|_| io::Error::other("io_uring thread exited during start-up"))??;
+        std::thread::Builder::new().name("hoardfs-uring".into()).spawn(move || {
+            let runtime = match tokio_uring::Runtime::new(tokio_uring::builder().entries(QUEUE_DEPTH as u32)) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let _ = ready_tx.send(self_test().await);
+                while let Some(op) = rx.recv().await {
+                    tokio_uring::spawn(run(op));
+                }
+            });
+        })?;
+        ready_rx.recv().map_err(|_| io::Error::other("io_uring thread exited during start-up"))??;
         Ok(Self { tx })
     }
 
     async fn submit<T>(tx: mpsc::Sender<Op>, op: Op, rx: oneshot::Receiver<io::Result<T>>) -> io::Result<T> {
-        tx.send(op)
-            .await
-            .map_err(|_| io::Error::other("io_uring thread is gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("io_uring thread dropped the operation"))?
+        tx.send(op).await.map_err(|_| io::Error::other("io_uring thread is gone"))?;
+        rx.await.map_err(|_| io::Error::other("io_uring thread dropped the operation"))?
     }
 }
 

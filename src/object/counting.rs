@@ -37,12 +37,7 @@ impl ObjectClient for CountingClient {
         Box::pin(async move { self.tally(fut.await) })
     }
 
-    fn get_range(
-        &self,
-        key: &str,
-        etag: &str,
-        range: Range<u64>,
-    ) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
+    fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
         Metrics::add(&self.metrics.s3_get_requests, 1);
         let fut = self.inner.get_range(key, etag, range);
         Box::pin(async move {
@@ -72,12 +67,7 @@ impl ObjectClient for CountingClient {
         })
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+    fn list(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
         Metrics::add(&self.metrics.s3_list_requests, 1);
         let fut = self.inner.list(prefix, token, max_keys);
         Box::pin(async move { self.tally(fut.await) })

@@ -32,16 +32,8 @@ impl MemoryClient {
         use md5::Digest;
         let body: Bytes = body.into();
         let etag = format!("\"{:x}\"", md5::Md5::digest(&body));
-        let info = ObjectInfo {
-            key: key.to_string(),
-            size: body.len() as u64,
-            etag,
-            last_modified: SystemTime::now(),
-        };
-        self.objects
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), (body, info.clone()));
+        let info = ObjectInfo { key: key.to_string(), size: body.len() as u64, etag, last_modified: SystemTime::now() };
+        self.objects.lock().unwrap().insert(key.to_string(), (body, info.clone()));
         self.checksums.lock().unwrap().remove(key);
         info
     }
@@ -87,12 +79,7 @@ impl ObjectClient for MemoryClient {
         Box::pin(async move { found.ok_or(ObjectError::NotFound(key)) })
     }
 
-    fn get_range(
-        &self,
-        key: &str,
-        etag: &str,
-        range: Range<u64>,
-    ) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
+    fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
         let result = match self.objects.lock().unwrap().get(key) {
             None => Err(ObjectError::NotFound(key.to_string())),
             Some((_, info)) if info.etag != etag => Err(ObjectError::PreconditionFailed(key.into())),
@@ -115,13 +102,9 @@ impl ObjectClient for MemoryClient {
         let result = match self.objects.lock().unwrap().get(key) {
             None => Err(ObjectError::NotFound(key.to_string())),
             Some((_, info)) if info.etag != etag => Err(ObjectError::PreconditionFailed(key.into())),
-            Some((_, info)) => Ok(self
-                .checksums
-                .lock()
-                .unwrap()
-                .get(key)
-                .cloned()
-                .unwrap_or_else(|| ObjectChecksum::from_md5_etag(&info.etag, false))),
+            Some((_, info)) => {
+                Ok(self.checksums.lock().unwrap().get(key).cloned().unwrap_or_else(|| ObjectChecksum::from_md5_etag(&info.etag, false)))
+            }
         };
         Box::pin(async move { result })
     }
@@ -133,12 +116,7 @@ impl ObjectClient for MemoryClient {
         Box::pin(async move { Ok((body.await?, checksum.await?)) })
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+    fn list(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
         let max = max_keys.unwrap_or(1000).max(1) as usize;
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
@@ -202,9 +180,6 @@ mod tests {
         let c = MemoryClient::new("b");
         let info = c.put("k", vec![7u8; 10]);
         assert_eq!(c.get_range("k", &info.etag, 2..5).await.unwrap().len(), 3);
-        assert!(matches!(
-            c.get_range("k", "\"x\"", 0..1).await,
-            Err(ObjectError::PreconditionFailed(_))
-        ));
+        assert!(matches!(c.get_range("k", "\"x\"", 0..1).await, Err(ObjectError::PreconditionFailed(_))));
     }
 }

@@ -77,12 +77,7 @@ pub trait ObjectClient: Send + Sync + 'static {
 
     /// GetObject of `range` (half-open) of `key`, failing with `PreconditionFailed` unless the
     /// object's ETag is still `etag`. Implementations check the body length.
-    fn get_range(
-        &self,
-        key: &str,
-        etag: &str,
-        range: std::ops::Range<u64>,
-    ) -> BoxFuture<'_, Result<Bytes, ObjectError>>;
+    fn get_range(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>>;
 
     /// What S3 offers to verify `key` (at `etag`) against: its additional checksum and, for a
     /// composite checksum, the parts with theirs; else the MD5 ETag of a single-part object.
@@ -95,12 +90,7 @@ pub trait ObjectClient: Send + Sync + 'static {
     fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>>;
 
     /// ListObjectsV2 with delimiter `/`.
-    fn list(
-        &self,
-        prefix: &str,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> BoxFuture<'_, Result<ListPage, ObjectError>>;
+    fn list(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>>;
 
     /// The bucket name, part of every cache key.
     fn bucket(&self) -> &str;
@@ -110,10 +100,7 @@ pub trait ObjectClient: Send + Sync + 'static {
 pub fn check_body_len(range: &std::ops::Range<u64>, body: &Bytes) -> Result<(), ObjectError> {
     let wanted = range.end - range.start;
     if body.len() as u64 != wanted {
-        return Err(ObjectError::WrongLength {
-            wanted,
-            got: body.len() as u64,
-        });
+        return Err(ObjectError::WrongLength { wanted, got: body.len() as u64 });
     }
     Ok(())
 }

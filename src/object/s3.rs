@@ -3,9 +3,9 @@
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType as S3ChecksumType, ObjectAttributes, ServerSideEncryption};
 use bytes::Bytes;
@@ -63,13 +63,8 @@ impl S3Client {
                     .with_max_backoff(Duration::from_secs(5)),
             );
         let shared = loader.load().await;
-        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(config.force_path_style)
-            .build();
-        Self {
-            client: aws_sdk_s3::Client::from_conf(s3_config),
-            bucket: config.bucket.clone(),
-        }
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style).build();
+        Self { client: aws_sdk_s3::Client::from_conf(s3_config), bucket: config.bucket.clone() }
     }
 
     /// Part sizes and part checksums of a multipart object (GetObjectAttributes, paged); `None`
@@ -124,12 +119,7 @@ impl S3Client {
             .send()
             .await
             .map_err(|e| classify(&what(), e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| ObjectError::Truncated(format!("{}: {}", what(), source_chain(&e))))?
-            .into_bytes();
+        let body = out.body.collect().await.map_err(|e| ObjectError::Truncated(format!("{}: {}", what(), source_chain(&e))))?.into_bytes();
         check_body_len(&range, &body)?;
         Ok(body)
     }
@@ -141,8 +131,7 @@ impl S3Client {
 }
 
 fn to_system_time(t: Option<&DateTime>) -> SystemTime {
-    t.and_then(|t| SystemTime::try_from(*t).ok())
-        .unwrap_or(SystemTime::UNIX_EPOCH)
+    t.and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Sorts an SDK error into the variants callers act on. HeadObject errors carry no body, so the
@@ -156,23 +145,16 @@ where
         _ => None,
     };
     let code = err.code().map(str::to_owned);
-    let detail = format!(
-        "{what}: {}",
-        err.message().map(str::to_owned).or(code.clone()).unwrap_or_else(|| source_chain(&err))
-    );
+    let detail = format!("{what}: {}", err.message().map(str::to_owned).or(code.clone()).unwrap_or_else(|| source_chain(&err)));
     if matches!(err, SdkError::DispatchFailure(_)) && detail.contains("no credentials found") {
         return ObjectError::AccessDenied(format!("{what}: no AWS credentials found"));
     }
     match (code.as_deref(), status) {
-        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, Some(404)) => {
-            ObjectError::NotFound(detail)
-        }
+        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, Some(404)) => ObjectError::NotFound(detail),
         (Some("PreconditionFailed"), _) | (_, Some(412)) => ObjectError::PreconditionFailed(detail),
-        (
-            Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"),
-            _,
-        )
-        | (_, Some(403)) => ObjectError::AccessDenied(detail),
+        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, Some(403)) => {
+            ObjectError::AccessDenied(detail)
+        }
         _ => ObjectError::Other(detail),
     }
 }
@@ -255,14 +237,16 @@ impl S3Client {
         if !checksum.well_formed() {
             tracing::warn!(
                 "s3://{}/{key}: the server's {algorithm:?} checksum {:?} is malformed; recorded as unverified",
-                self.bucket, checksum.value
+                self.bucket,
+                checksum.value
             );
             return Ok(ObjectChecksum::none());
         }
         if checksum.composite_consistent() == Some(false) {
             tracing::warn!(
                 "s3://{}/{key}: composite checksum {} is not the checksum of its part checksums; verifying the parts",
-                self.bucket, checksum.value
+                self.bucket,
+                checksum.value
             );
         }
         Ok(checksum)
@@ -329,12 +313,7 @@ impl ObjectClient for S3Client {
         })
     }
 
-    fn get_range(
-        &self,
-        key: &str,
-        etag: &str,
-        range: Range<u64>,
-    ) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
+    fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
         let key = key.to_string();
         let etag = etag.to_string();
         Box::pin(async move {
@@ -370,12 +349,7 @@ impl ObjectClient for S3Client {
         Box::pin(async move { retry_bodies(|| self.get_whole_once(&key, &etag)).await })
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+    fn list(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
         self.list_impl(prefix, token, max_keys)
     }
 
@@ -400,23 +374,13 @@ impl S3Client {
         // Owned copies, so the body can be consumed after the headers are read.
         let headers = checksum_headers!(out).to_owned();
         let expected_len = out.content_length().unwrap_or(0).max(0) as u64;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| ObjectError::Truncated(format!("{what}: {}", source_chain(&e))))?
-            .into_bytes();
+        let body = out.body.collect().await.map_err(|e| ObjectError::Truncated(format!("{what}: {}", source_chain(&e))))?.into_bytes();
         check_body_len(&(0..expected_len), &body)?;
         let checksum = self.resolve(key, etag, headers.borrowed()).await?;
         Ok((body, checksum))
     }
 
-    fn list_impl(
-        &self,
-        prefix: &str,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
+    fn list_impl(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
         let prefix = prefix.to_string();
         Box::pin(async move {
             let out = self
@@ -442,21 +406,9 @@ impl S3Client {
                     })
                 })
                 .collect();
-            let prefixes = out
-                .common_prefixes()
-                .iter()
-                .filter_map(|p| p.prefix().map(str::to_owned))
-                .collect();
-            let next_token = if out.is_truncated().unwrap_or(false) {
-                out.next_continuation_token().map(str::to_owned)
-            } else {
-                None
-            };
-            Ok(ListPage {
-                objects,
-                prefixes,
-                next_token,
-            })
+            let prefixes = out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)).collect();
+            let next_token = if out.is_truncated().unwrap_or(false) { out.next_continuation_token().map(str::to_owned) } else { None };
+            Ok(ListPage { objects, prefixes, next_token })
         })
     }
 }

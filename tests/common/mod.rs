@@ -17,20 +17,12 @@ use rand::{Rng, RngCore, SeedableRng};
 
 /// Fails loudly (never skips) when this machine cannot run FUSE tests.
 pub fn require_fuse() {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "CANNOT RUN: /dev/fuse is missing, so no FUSE mount is possible on this machine"
-    );
-    assert!(
-        which("fusermount3"),
-        "CANNOT RUN: fusermount3 is not installed (apt-get install fuse3)"
-    );
+    assert!(Path::new("/dev/fuse").exists(), "CANNOT RUN: /dev/fuse is missing, so no FUSE mount is possible on this machine");
+    assert!(which("fusermount3"), "CANNOT RUN: fusermount3 is not installed (apt-get install fuse3)");
 }
 
 fn which(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).exists())).unwrap_or(false)
 }
 
 /// Static test credentials; set before any SDK client exists so the default chain finds them
@@ -43,10 +35,8 @@ pub fn set_test_env() {
     std::env::set_var("AWS_REGION", "us-east-1");
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     // hoardfs's own warnings show up in a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("hoardfs=info,warn"))
-        .with_test_writer()
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("hoardfs=info,warn")).with_test_writer().try_init();
 }
 
 /// A moto server on a free loopback port, killed on drop.
@@ -86,12 +76,7 @@ impl S3Server {
     }
 
     pub fn config(&self, bucket: &str) -> S3Config {
-        S3Config {
-            bucket: bucket.into(),
-            endpoint_url: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-        }
+        S3Config { bucket: bucket.into(), endpoint_url: Some(self.endpoint()), region: Some("us-east-1".into()), force_path_style: true }
     }
 
     /// A bucket with the given objects uploaded (single-part PUTs).
@@ -316,10 +301,7 @@ pub fn verify_states(cache: &Path) -> std::collections::BTreeMap<String, hoardfs
 /// Whether `mp` is a mount point now (from /proc/mounts).
 pub fn is_mounted(mp: &Path) -> bool {
     let mp = mp.canonicalize().unwrap_or(mp.to_path_buf());
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+    std::fs::read_to_string("/proc/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
 }
 
 /// Unmounts (lazily, so a wedged mount cannot block) whatever a failed test left behind.
@@ -441,7 +423,14 @@ pub fn upload_many(server: &S3Server, bucket: &str, objects: &[(String, Vec<u8>)
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some((key, body)) = objects.get(i) else { return };
-                    client.put_object().bucket(&bucket).key(key).body(body.clone().into()).send().await.unwrap_or_else(|e| panic!("upload {key}: {e:?}"));
+                    client
+                        .put_object()
+                        .bucket(&bucket)
+                        .key(key)
+                        .body(body.clone().into())
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("upload {key}: {e:?}"));
                 }
             });
         }

@@ -77,10 +77,11 @@ fn read_message(r: &mut BufReader<TcpStream>, bodyless: bool) -> std::io::Result
         }
     }
     let len = if bodyless { Some(0) } else { None };
-    let len = len.unwrap_or_else(|| head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
-        .unwrap_or(0));
+    let len = len.unwrap_or_else(|| {
+        head.lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+            .unwrap_or(0)
+    });
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     Ok(Some((head, body)))
