@@ -6,28 +6,28 @@
 //! that fails in any way (I/O error, blake3 mismatch) is a *miss*, never an error to the reader:
 //! the fetcher gets the bytes from S3 again.
 
+mod blocks;
 mod entry;
 pub mod format;
 pub mod index;
+mod recovery;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
-use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use lru::LruCache;
 
-use crate::checksum::block_hash;
 use crate::io::IoEngine;
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 pub use entry::CachedObject;
-use format::{IndexHeader, Layout, VerifyState};
+use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
+use recovery::Recovered;
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default
@@ -37,8 +37,6 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 const FULL_BACKOFF: Duration = Duration::from_secs(30);
 /// Disk allocation unit assumed when accounting for space (what `du` would count).
 const DISK_UNIT: u64 = 4096;
-/// Threads reading index files at mount. Default: 64.
-const SCAN_THREADS: usize = 64;
 /// Idle open entries closed at once when the process runs out of descriptors, before retrying.
 const SHED_ON_EMFILE: usize = 64;
 
@@ -79,12 +77,6 @@ pub enum CacheError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
-fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// Errors that may mean "out of descriptors".
@@ -152,65 +144,7 @@ impl BlockCache {
     /// (temp files, data without index) and unreadable indexes are deleted; indexes of a newer
     /// format are left alone.
     pub fn open(dir: CacheDir, io: Arc<dyn IoEngine>, metrics: Arc<Metrics>, config: CacheConfig) -> std::io::Result<Self> {
-        let (ids, strays) = dir.scan()?;
-        for stray in strays {
-            tracing::info!("removing leftover cache file {}", stray.display());
-            let _ = std::fs::remove_file(stray);
-        }
-        let mut entries = Vec::with_capacity(ids.len());
-        let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
-        let mut version_of = HashMap::new();
-        // Index files are small random reads: issue them from several threads, which a cold
-        // NVMe (or any SSD) serves far faster than one at a time.
-        let snapshots: Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)> = {
-            let chunk = ids.len().div_ceil(SCAN_THREADS).max(1);
-            std::thread::scope(|s| {
-                let dir = &dir;
-                let handles: Vec<_> = ids
-                    .chunks(chunk)
-                    .map(|part| {
-                        s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>())
-                    })
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            })
-        };
-        for (id, snapshot) in snapshots {
-            let (data, idx) = dir.paths(&id);
-            match snapshot {
-                Ok(snap) => {
-                    let h = &snap.header;
-                    versions.entry(version_key(&h.bucket, &h.key)).or_insert_with(Vec::new).push(id);
-                    version_of.insert(id, version_key(&h.bucket, &h.key));
-                    let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
-                    let data_bytes: u64 =
-                        (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| round_up(h.block_len(b) as u64)).sum();
-                    entries.push((snap.last_access(), id, round_up(idx_len) + data_bytes));
-                }
-                Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
-                    tracing::warn!("{} was written by a newer hoardfs; leaving it alone", idx.display());
-                }
-                Err(e @ IndexError::Format { .. }) => {
-                    tracing::warn!("dropping damaged cache entry: {e}");
-                    let _ = std::fs::remove_file(&idx);
-                    let _ = std::fs::remove_file(&data);
-                }
-                // An I/O error proves nothing about the bytes (EMFILE, EIO of a flaky disk): the
-                // entry stays, charged what the file system says it holds, and is read again
-                // when an open needs it.
-                Err(e) => {
-                    tracing::warn!("cannot read cache entry now ({e}); keeping it");
-                    entries.push((0, id, allocated(&data) + allocated(&idx)));
-                }
-            }
-        }
-        entries.sort();
-        let mut lru = LruCache::unbounded();
-        let mut total = 0;
-        for (_, id, bytes) in entries {
-            lru.put(id, bytes);
-            total += bytes;
-        }
+        let Recovered { lru, total, versions, version_of } = recovery::recover(&dir)?;
         let warm_capacity = std::num::NonZeroUsize::new(config.open_entries.max(1)).expect("at least 1");
         Ok(Self {
             dir,
@@ -484,97 +418,6 @@ impl BlockCache {
         let _ = std::fs::remove_file(&data);
         if let Some(listener) = self.on_delete.get() {
             listener(&data);
-        }
-    }
-
-    /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in
-    /// this mount (and `verify_every_read` is off). Anything else is `None`, and the caller goes
-    /// through the fetcher's single-flight [`crate::fetch::Fetcher::load`], which verifies or
-    /// fetches the block exactly once however many readers want it.
-    pub async fn read_checked(&self, obj: &CachedObject, b: u64, range: Range<usize>) -> Option<Bytes> {
-        if self.config.verify_every_read || !obj.was_checked(b) || !obj.is_present(b) {
-            return None;
-        }
-        let offset = b * obj.header.block_size as u64 + range.start as u64;
-        match self.io.read_at(&obj.data, offset, range.len()).await {
-            Ok(bytes) => {
-                Metrics::add(&self.metrics.cache_hit_blocks, 1);
-                Metrics::add(&self.metrics.cache_bytes_read, bytes.len() as u64);
-                Some(bytes)
-            }
-            Err(e) => {
-                self.read_failed(obj, e);
-                None
-            }
-        }
-    }
-
-    /// Reads the whole of block `b` from disk and checks its blake3. A mismatch clears the block
-    /// (it is never served) and reports a miss; so does an I/O error.
-    pub async fn read_verified(&self, obj: &CachedObject, b: u64) -> Option<Bytes> {
-        if !obj.is_present(b) {
-            Metrics::add(&self.metrics.cache_miss_blocks, 1);
-            return None;
-        }
-        let offset = b * obj.header.block_size as u64;
-        match self.io.read_at(&obj.data, offset, obj.header.block_len(b)).await {
-            Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
-                obj.set_checked(b, true);
-                Metrics::add(&self.metrics.cache_hit_blocks, 1);
-                Metrics::add(&self.metrics.cache_bytes_read, block.len() as u64);
-                Some(block)
-            }
-            Ok(_) => {
-                Metrics::add(&self.metrics.blake3_mismatches, 1);
-                Metrics::add(&self.metrics.cache_miss_blocks, 1);
-                tracing::warn!(
-                    "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
-                    obj.header.bucket,
-                    obj.header.key
-                );
-                obj.drop_block(b);
-                None
-            }
-            Err(e) => {
-                self.read_failed(obj, e);
-                None
-            }
-        }
-    }
-
-    fn read_failed(&self, obj: &CachedObject, e: std::io::Error) {
-        Metrics::add(&self.metrics.cache_read_errors, 1);
-        Metrics::add(&self.metrics.cache_miss_blocks, 1);
-        tracing::warn!("reading cache file {}: {e}; serving from S3", obj.data_path.display());
-    }
-
-    /// Stores block `b` (already fetched and checked by the caller). Space is reserved first,
-    /// evicting least recently used entries that nobody has open; if none can go, or the disk is
-    /// full, the block is simply not cached. The data is written before the index claims it.
-    pub async fn write_block(&self, obj: &Arc<CachedObject>, b: u64, data: Bytes, hash: [u8; 32], crc: u64) {
-        let cost = round_up(data.len() as u64);
-        if !self.reserve(obj.id, cost) {
-            return;
-        }
-        let offset = b * obj.header.block_size as u64;
-        match self.io.write_at(&obj.data, offset, data).await {
-            Ok(()) => {
-                obj.index.lock().unwrap().mark_present(b, &hash, crc);
-                obj.set_checked(b, true);
-                Metrics::add(&self.metrics.blocks_written, 1);
-            }
-            Err(e) => {
-                self.release(obj.id, cost);
-                Metrics::add(&self.metrics.cache_write_errors, 1);
-                let mut state = self.state.lock().unwrap();
-                if state.full_until.is_none() {
-                    tracing::warn!(
-                        "writing to the cache failed ({e}); reads continue from S3 and the cache stops growing for {}s",
-                        FULL_BACKOFF.as_secs()
-                    );
-                }
-                state.full_until = Some(Instant::now() + FULL_BACKOFF);
-            }
         }
     }
 

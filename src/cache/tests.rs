@@ -190,7 +190,7 @@ async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys()
     for (key, etag) in [("other", "\"o\""), ("model", "\"v1\""), ("model", "\"v2\"")] {
         let obj = cache.create("b", &info(key, etag), none()).unwrap();
         for b in 0..4 {
-            let data = Bytes::from(vec![b as u8; 4096]);
+            let data = bytes::Bytes::from(vec![b as u8; 4096]);
             let hash = crate::checksum::block_hash(&data);
             cache.write_block(&obj, b, data, hash, 0).await;
         }

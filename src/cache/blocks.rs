@@ -1,0 +1,106 @@
+//! Block I/O of the cache: reading a block back (checked against its blake3 record the first
+//! time in a mount, or every time with `verify_every_read`) and writing a fetched one (space
+//! reserved first, data before the record that claims it).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{round_up, BlockCache, CachedObject, FULL_BACKOFF};
+use crate::checksum::block_hash;
+use crate::metrics::Metrics;
+
+impl BlockCache {
+    /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in
+    /// this mount (and `verify_every_read` is off). Anything else is `None`, and the caller goes
+    /// through the fetcher's single-flight [`crate::fetch::Fetcher::load`], which verifies or
+    /// fetches the block exactly once however many readers want it.
+    pub async fn read_checked(&self, obj: &CachedObject, b: u64, range: Range<usize>) -> Option<Bytes> {
+        if self.config.verify_every_read || !obj.was_checked(b) || !obj.is_present(b) {
+            return None;
+        }
+        let offset = b * obj.header.block_size as u64 + range.start as u64;
+        match self.io.read_at(&obj.data, offset, range.len()).await {
+            Ok(bytes) => {
+                Metrics::add(&self.metrics.cache_hit_blocks, 1);
+                Metrics::add(&self.metrics.cache_bytes_read, bytes.len() as u64);
+                Some(bytes)
+            }
+            Err(e) => {
+                self.read_failed(obj, e);
+                None
+            }
+        }
+    }
+
+    /// Reads the whole of block `b` from disk and checks its blake3. A mismatch clears the block
+    /// (it is never served) and reports a miss; so does an I/O error.
+    pub async fn read_verified(&self, obj: &CachedObject, b: u64) -> Option<Bytes> {
+        if !obj.is_present(b) {
+            Metrics::add(&self.metrics.cache_miss_blocks, 1);
+            return None;
+        }
+        let offset = b * obj.header.block_size as u64;
+        match self.io.read_at(&obj.data, offset, obj.header.block_len(b)).await {
+            Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
+                obj.set_checked(b, true);
+                Metrics::add(&self.metrics.cache_hit_blocks, 1);
+                Metrics::add(&self.metrics.cache_bytes_read, block.len() as u64);
+                Some(block)
+            }
+            Ok(_) => {
+                Metrics::add(&self.metrics.blake3_mismatches, 1);
+                Metrics::add(&self.metrics.cache_miss_blocks, 1);
+                tracing::warn!(
+                    "cached block {b} of s3://{}/{} failed its blake3 check; fetching it again",
+                    obj.header.bucket,
+                    obj.header.key
+                );
+                obj.drop_block(b);
+                None
+            }
+            Err(e) => {
+                self.read_failed(obj, e);
+                None
+            }
+        }
+    }
+
+    fn read_failed(&self, obj: &CachedObject, e: std::io::Error) {
+        Metrics::add(&self.metrics.cache_read_errors, 1);
+        Metrics::add(&self.metrics.cache_miss_blocks, 1);
+        tracing::warn!("reading cache file {}: {e}; serving from S3", obj.data_path.display());
+    }
+
+    /// Stores block `b` (already fetched and checked by the caller). Space is reserved first,
+    /// evicting least recently used entries that nobody has open; if none can go, or the disk is
+    /// full, the block is simply not cached. The data is written before the index claims it.
+    pub async fn write_block(&self, obj: &Arc<CachedObject>, b: u64, data: Bytes, hash: [u8; 32], crc: u64) {
+        let cost = round_up(data.len() as u64);
+        if !self.reserve(obj.id, cost) {
+            return;
+        }
+        let offset = b * obj.header.block_size as u64;
+        match self.io.write_at(&obj.data, offset, data).await {
+            Ok(()) => {
+                obj.index.lock().unwrap().mark_present(b, &hash, crc);
+                obj.set_checked(b, true);
+                Metrics::add(&self.metrics.blocks_written, 1);
+            }
+            Err(e) => {
+                self.release(obj.id, cost);
+                Metrics::add(&self.metrics.cache_write_errors, 1);
+                let mut state = self.state.lock().unwrap();
+                if state.full_until.is_none() {
+                    tracing::warn!(
+                        "writing to the cache failed ({e}); reads continue from S3 and the cache stops growing for {}s",
+                        FULL_BACKOFF.as_secs()
+                    );
+                }
+                state.full_until = Some(Instant::now() + FULL_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Rebuilding the cache's in-memory state from the directory at mount: nothing is wiped. Leftovers
+//! of a crash (temp files, data without an index) and indexes that fail to parse are deleted;
+//! indexes of a newer format and entries that cannot be read now (an I/O error proves nothing)
+//! are left alone.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lru::LruCache;
+
+use super::format::{self, Layout};
+use super::index::{self, IndexError, ObjectIndex};
+use super::{round_up, version_key, CacheDir, ObjectId};
+
+/// Threads reading index files at mount. Default: 64.
+const SCAN_THREADS: usize = 64;
+
+/// What the scan found: eviction order with each entry's accounted bytes, their sum, and the
+/// entry ids of each `bucket\0key`.
+pub(super) struct Recovered {
+    pub lru: LruCache<ObjectId, u64>,
+    pub total: u64,
+    pub versions: BTreeMap<String, Vec<ObjectId>>,
+    pub version_of: HashMap<ObjectId, String>,
+}
+
+/// Scans `dir` (which the caller has locked) and rebuilds the eviction order and size accounting
+/// from the index files, reading them from [`SCAN_THREADS`] threads.
+pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
+    let (ids, strays) = dir.scan()?;
+    for stray in strays {
+        tracing::info!("removing leftover cache file {}", stray.display());
+        let _ = std::fs::remove_file(stray);
+    }
+    let mut entries = Vec::with_capacity(ids.len());
+    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    let mut version_of = HashMap::new();
+    // Index files are small random reads: issue them from several threads, which a cold
+    // NVMe (or any SSD) serves far faster than one at a time.
+    let snapshots: Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)> = {
+        let chunk = ids.len().div_ceil(SCAN_THREADS).max(1);
+        std::thread::scope(|s| {
+            let dir = &dir;
+            let handles: Vec<_> = ids
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        })
+    };
+    for (id, snapshot) in snapshots {
+        let (data, idx) = dir.paths(&id);
+        match snapshot {
+            Ok(snap) => {
+                let h = &snap.header;
+                versions.entry(version_key(&h.bucket, &h.key)).or_insert_with(Vec::new).push(id);
+                version_of.insert(id, version_key(&h.bucket, &h.key));
+                let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
+                let data_bytes: u64 = (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| round_up(h.block_len(b) as u64)).sum();
+                entries.push((snap.last_access(), id, round_up(idx_len) + data_bytes));
+            }
+            Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
+                tracing::warn!("{} was written by a newer hoardfs; leaving it alone", idx.display());
+            }
+            Err(e @ IndexError::Format { .. }) => {
+                tracing::warn!("dropping damaged cache entry: {e}");
+                let _ = std::fs::remove_file(&idx);
+                let _ = std::fs::remove_file(&data);
+            }
+            // An I/O error proves nothing about the bytes (EMFILE, EIO of a flaky disk): the
+            // entry stays, charged what the file system says it holds, and is read again
+            // when an open needs it.
+            Err(e) => {
+                tracing::warn!("cannot read cache entry now ({e}); keeping it");
+                entries.push((0, id, allocated(&data) + allocated(&idx)));
+            }
+        }
+    }
+    entries.sort();
+    let mut lru = LruCache::unbounded();
+    let mut total = 0;
+    for (_, id, bytes) in entries {
+        lru.put(id, bytes);
+        total += bytes;
+    }
+    Ok(Recovered { lru, total, versions, version_of })
+}
+
+/// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
