@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Scale benchmark: hoardfs at the size of a real training set, in one run.
+
+    benches/scale.sh --objects 250000            # ImageNet's shape: 16 KiB objects in 500 dirs
+    benches/scale.sh --objects 1281167 --size 1 --metadata-only   # ImageNet-1k's file count
+
+The objects are written straight into the backing directory of s3s-fs (an S3 server on
+crates.io that serves a directory; uploading 10^5 objects through moto takes 13 minutes), which
+serves them on 127.0.0.1. One run prints, beside the raw-disk epoch over the same files with the
+same readers: the first listing (`find` with a `-size` test: LIST + a stat of every file), the
+cold, warm and after-remount epochs (files/s and x raw), the remount time with the page cache
+dropped, the daemon's RSS after each phase and its peak, the cache dir's bytes and files, and the
+time of `hoardfs cache stat` and `cache ls`. `--systems hoardfs,rclone,s3fs` adds the peers.
+
+What s3s-fs lacks (so what this benchmark cannot show): it streams bodies in 4 KiB chunks and
+does not set TCP_NODELAY, so its GETs are slower than the disk (the direct-GET row says how
+much); it ignores If-Match, has no GetObjectAttributes, lists no ETags, and stores no
+additional checksums for objects written to its directory directly, so every object is verified
+by its MD5 ETag. Cold rows measure s3s-fs as much as hoardfs; warm, remount, listing-after-remount,
+memory and cache-dir rows do not touch the server.
+"""
+import argparse
+import concurrent.futures as cf
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import epochs  # noqa: E402  (shares the epoch runner, page-cache drop, peers and /proc readers)
+from epochs import drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
+
+ROOT = epochs.ROOT
+HOARDFS = os.path.join(ROOT, "target/release/hoardfs")
+S3S_FS = os.environ.get("HOARDFS_S3S_FS", "/var/tmp/hoardfs-tools/bin/s3s-fs")
+
+
+def generate(root, bucket, n, dirs, size):
+    """Writes n objects of `size` bytes into `root/bucket/dir-XXXX/`; returns their keys. Reuses a
+    complete earlier generation of the same shape (it takes minutes at 10^6)."""
+    stamp = os.path.join(root, f".generated-{bucket}-{n}-{dirs}-{size}")
+    keys = [f"dir-{i % dirs:04d}/img-{i:07d}.jpg" for i in range(n)]
+    if os.path.exists(stamp):
+        return keys
+    shutil.rmtree(root, ignore_errors=True)
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, bucket, f"dir-{d:04d}"))
+    block = os.urandom(max(size, 1) + 4096)
+
+    def write(i):
+        with open(os.path.join(root, bucket, keys[i]), "wb") as f:
+            f.write(block[i % 4096:i % 4096 + size])  # distinct bytes per object, no RNG per file
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(write, range(n), chunksize=1024))
+    open(stamp, "w").close()
+    return keys
+
+
+class S3sFs:
+    """s3s-fs serving `root` on a free loopback port (duck-types epochs.Moto for the peers)."""
+
+    def __init__(self, root, workdir):
+        if not os.path.exists(S3S_FS):
+            raise SystemExit(f"{S3S_FS} missing: benches/scale.sh installs it "
+                             "(cargo install s3s-fs --version 0.14.1 --features binary --locked)")
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([S3S_FS, "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--access-key", "bench", "--secret-key", "bench", root],
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
+        import boto3
+        from botocore.config import Config
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, config=Config(max_pool_connections=32))
+        for _ in range(300):
+            try:
+                self.s3.list_buckets()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise SystemExit("s3s-fs did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def direct_gets(server, bucket, keys, readers):
+    def get(key):
+        return len(server.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(readers) as ex:
+        total = sum(ex.map(get, keys))
+    dt = time.perf_counter() - t
+    return {"files_per_s": len(keys) / dt, "mbps": total / 1e6 / dt}
+
+
+def rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
+
+
+def tree_stats(path):
+    files, used = 0, 0
+    for d, _, fs in os.walk(path):
+        for f in fs:
+            try:
+                st = os.lstat(os.path.join(d, f))
+            except OSError:
+                continue
+            files += 1
+            used += st.st_blocks * 512
+    return files, used
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def find_size(mnt):
+    """The issue's metadata walk: LIST every directory and stat every file."""
+    return timed(["find", mnt, "-type", "f", "-size", "+0", "-printf", ""])
+
+
+class Hoardfs:
+    name = "hoardfs"
+
+    def __init__(self, server, bucket, mnt, cache, extra):
+        self.server, self.bucket, self.mnt, self.cache, self.extra = server, bucket, mnt, cache, extra
+
+    def mount(self):
+        t = time.perf_counter()
+        subprocess.run([HOARDFS, "mount", f"s3://{self.bucket}", self.mnt, "--cache-dir", self.cache,
+                        "--endpoint-url", self.server.endpoint, "--force-path-style",
+                        "--metadata-ttl", "indefinite"] + self.extra, check=True, stderr=subprocess.DEVNULL)
+        self.pid = int(open(os.path.join(self.cache, "lock")).read())
+        return time.perf_counter() - t
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
+        for _ in range(400):
+            if not os.path.exists(f"/proc/{self.pid}"):
+                return
+            time.sleep(0.05)
+
+
+class Peer:
+    """rclone or s3fs from epochs.py, mounted against s3s-fs."""
+
+    def __init__(self, cls, server, bucket, mnt, cache):
+        self.inner = cls(server, bucket, mnt, cache)
+        self.name = cls.name
+
+    def mount(self):
+        t = time.perf_counter()
+        self.inner.mount()
+        self.pid = self.inner.pid
+        return time.perf_counter() - t
+
+    def unmount(self):
+        self.inner.unmount()
+
+
+def run_system(sys_, mnt, keys, readers, metadata_only, raw_fps):
+    out = {}
+    paths = [os.path.join(mnt, k) for k in keys]
+    drop_page_cache()
+    out["mount (fresh)"] = sys_.mount()
+    out["listing: find -size (first)"] = find_size(mnt)
+    out["rss after listing"] = rss_mib(sys_.pid)
+    if not metadata_only:
+        for name, seed in (("epoch 1 (cold)", 1), ("epoch 2 (warm)", 2)):
+            drop_page_cache()
+            e = epoch(paths, seed)
+            out[name] = e["files_per_s"]
+            out[f"rss after {name}"] = rss_mib(sys_.pid)
+    out["peak rss (first mount)"] = proc_stats(sys_.pid)[1]
+    sys_.unmount()
+    drop_page_cache()
+    out["remount, page cache dropped (s)"] = sys_.mount()
+    out["rss after remount"] = rss_mib(sys_.pid)
+    if not metadata_only:
+        drop_page_cache()
+        out["epoch 3 (after remount)"] = epoch(paths, 3)["files_per_s"]
+    drop_page_cache()
+    out["find -size after remount (s)"] = find_size(mnt)
+    out["peak rss (remount)"] = proc_stats(sys_.pid)[1]
+    sys_.unmount()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objects", type=int, default=250_000)
+    ap.add_argument("--dirs", type=int, default=500)
+    ap.add_argument("--size", type=int, default=16 << 10, help="bytes per object")
+    ap.add_argument("--readers", type=int, default=8)
+    ap.add_argument("--metadata-only", action="store_true", help="list, stat, remount and cache stat only")
+    ap.add_argument("--systems", default="hoardfs", help="comma-separated: hoardfs,rclone,s3fs")
+    ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
+    ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-scale"))
+    args = ap.parse_args()
+    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_REGION", "us-east-1")):
+        os.environ[k] = v
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.makedirs(args.work, exist_ok=True)
+    root, bucket = os.path.join(args.work, "s3root"), "scale"
+    t = time.perf_counter()
+    keys = generate(root, bucket, args.objects, args.dirs, args.size)
+    print(f"dataset: {args.objects} x {args.size} B in {args.dirs} dirs ({time.perf_counter() - t:.0f} s to generate)", flush=True)
+    server = S3sFs(root, args.work)
+    results = {}
+    try:
+        raw = [os.path.join(root, bucket, k) for k in keys]
+        drop_page_cache()
+        raw_fps = None if args.metadata_only else epoch(raw, 7)["files_per_s"]
+        drop_page_cache()
+        raw_find = find_size(os.path.join(root, bucket))
+        sample = random.Random(5).sample(keys, min(len(keys), 20_000))
+        net = direct_gets(server, bucket, sample, args.readers)
+        for name in args.systems.split(","):
+            mnt = os.path.join(args.work, f"mnt-{name}")
+            cache = os.path.join(args.work, f"cache-{name}")
+            os.makedirs(mnt, exist_ok=True)
+            shutil.rmtree(cache, ignore_errors=True)
+            if name == "hoardfs":
+                sys_ = Hoardfs(server, bucket, mnt, cache, args.hoardfs_args.split())
+            else:
+                os.makedirs(cache)
+                sys_ = Peer({"rclone": epochs.Rclone, "s3fs": epochs.S3fs}[name], server, bucket, mnt, cache)
+            try:
+                r = run_system(sys_, mnt, keys, args.readers, args.metadata_only, raw_fps)
+            except (Exception, SystemExit) as e:
+                print(f"{name}: failed: {e}", file=sys.stderr)
+                subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+                continue
+            r["cache dir files"], r["cache dir bytes"] = tree_stats(cache)
+            if name == "hoardfs":
+                for cmd in ("stat", "ls"):
+                    drop_page_cache()
+                    r[f"cache {cmd} (s)"] = timed([HOARDFS, "cache", cmd, "--cache-dir", cache])
+            results[name] = r
+    finally:
+        server.stop()
+    data_bytes = args.objects * args.size
+    print(f"\nmachine: {os.cpu_count()} vCPU; server: s3s-fs 0.14.1 on 127.0.0.1; {args.readers} readers; single runs")
+    if raw_fps:
+        print(f"raw disk epoch over the same files: {raw_fps:.0f} files/s")
+    print(f"find -size over the same tree on local disk (page cache dropped): {raw_find:.2f} s")
+    print(f"direct GETs from s3s-fs ({len(sample)} objects, {args.readers} parallel): {net['files_per_s']:.0f} files/s, {net['mbps']:.0f} MB/s")
+    for name, r in results.items():
+        print(f"\n{name}")
+        for k, v in r.items():
+            if k.startswith("epoch") and raw_fps:
+                print(f"  {k:36} {v:10.0f} files/s  {v / raw_fps:5.2f}x raw  {v / net['files_per_s']:5.2f}x net")
+            elif k.startswith("rss") or k.startswith("peak"):
+                print(f"  {k:36} {v:10.0f} MiB  ({v * 2**20 / args.objects:.0f} B per object)")
+            elif k == "cache dir bytes":
+                print(f"  {k:36} {v / 2**20:10.0f} MiB  ({(v / max(data_bytes, 1) - 1) * 100:+.0f} % over the data)")
+            elif k.startswith("find") or k.startswith("listing"):
+                print(f"  {k:36} {v:10.2f} s  ({v / raw_find:.1f}x local disk)")
+            elif isinstance(v, float):
+                print(f"  {k:36} {v:10.2f} s")
+            else:
+                print(f"  {k:36} {v:10}")
+
+
+if __name__ == "__main__":
+    main()
