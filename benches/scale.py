@@ -4,17 +4,16 @@
     benches/scale.sh --objects 250000            # ImageNet's shape: 16 KiB objects in 500 dirs
     benches/scale.sh --objects 1281167 --size 1 --metadata-only   # ImageNet-1k's file count
 
-The objects are written straight into the backing directory of s3s-fs (an S3 server on
-crates.io that serves a directory; uploading 10^5 objects through moto takes 13 minutes), which
-serves them on 127.0.0.1. One run prints, beside the raw-disk epoch over the same files with the
+The objects are written straight into a directory served on 127.0.0.1 by benches/s3-server
+(s3s-fs's directory backend from crates.io behind a listener with TCP_NODELAY; uploading 10^5
+objects through moto takes 13 minutes). One run prints, beside the raw-disk epoch over the same files with the
 same readers: the first listing (`find` with a `-size` test: LIST + a stat of every file), the
 cold, warm and after-remount epochs (files/s and x raw), the remount time with the page cache
 dropped, the daemon's RSS after each phase and its peak, the cache dir's bytes and files, and the
 time of `hoardfs cache stat` and `cache ls`. `--systems hoardfs,rclone,s3fs` adds the peers.
 
-What s3s-fs lacks (so what this benchmark cannot show): it streams bodies in 4 KiB chunks and
-does not set TCP_NODELAY, so its GETs are slower than the disk (the direct-GET row says how
-much); it ignores If-Match, has no GetObjectAttributes, lists no ETags, and stores no
+What that server lacks (so what this benchmark cannot show): it streams bodies in 4 KiB chunks,
+which caps large GETs (the direct-GET row says how fast it is for these objects); it ignores If-Match, has no GetObjectAttributes, lists no ETags, and stores no
 additional checksums for objects written to its directory directly, so every object is verified
 by its MD5 ETag. Cold rows measure s3s-fs as much as hoardfs; warm, remount, listing-after-remount,
 memory and cache-dir rows do not touch the server.
@@ -34,7 +33,8 @@ from epochs import drop_page_cache, epoch, free_port, proc_stats, wait_mounted  
 
 ROOT = epochs.ROOT
 HOARDFS = os.path.join(ROOT, "target/release/hoardfs")
-S3S_FS = os.environ.get("HOARDFS_S3S_FS", "/var/tmp/hoardfs-tools/bin/s3s-fs")
+# benches/s3-server: s3s-fs's directory backend with TCP_NODELAY (see its main.rs for why).
+SERVER = os.path.join(ROOT, "benches/s3-server/target/release/hoardfs-bench-s3")
 
 
 def generate(root, bucket, n, dirs, size):
@@ -60,16 +60,14 @@ def generate(root, bucket, n, dirs, size):
 
 
 class S3sFs:
-    """s3s-fs serving `root` on a free loopback port (duck-types epochs.Moto for the peers)."""
+    """The bench server serving `root` on a free loopback port (duck-types epochs.Moto)."""
 
     def __init__(self, root, workdir):
-        if not os.path.exists(S3S_FS):
-            raise SystemExit(f"{S3S_FS} missing: benches/scale.sh installs it "
-                             "(cargo install s3s-fs --version 0.14.1 --features binary --locked)")
-        self.port = free_port()
+        if not os.path.exists(SERVER):
+            raise SystemExit(f"{SERVER} missing: benches/scale.sh builds it")
+        self.port, self.root = free_port(), root
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([S3S_FS, "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--access-key", "bench", "--secret-key", "bench", root],
+        self.proc = subprocess.Popen([SERVER, f"127.0.0.1:{self.port}", root],
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
         import boto3
         from botocore.config import Config
@@ -88,13 +86,19 @@ class S3sFs:
 
 
 def direct_gets(server, bucket, keys, readers):
-    def get(key):
-        return len(server.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-
+    """The network limit: `curl --parallel` (SigV4-signed, keep-alive) fetching each object whole,
+    `readers` at a time. boto3 is no baseline here: under the GIL it manages about 200 GETs/s,
+    slower than hoardfs itself."""
+    cfg = os.path.join(os.path.dirname(SERVER), "curl-urls.txt")
+    with open(cfg, "w") as f:
+        for k in keys:
+            f.write(f'url = "{server.endpoint}/{bucket}/{k}"\noutput = "/dev/null"\n')
     t = time.perf_counter()
-    with cf.ThreadPoolExecutor(readers) as ex:
-        total = sum(ex.map(get, keys))
+    subprocess.run(["curl", "-sSf", "--parallel", "--parallel-max", str(readers), "--aws-sigv4", "aws:amz:us-east-1:s3",
+                    "--user", "bench:bench", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-K", cfg],
+                   check=True, stderr=subprocess.DEVNULL)
     dt = time.perf_counter() - t
+    total = sum(os.path.getsize(os.path.join(server.root, bucket, k)) for k in keys)
     return {"files_per_s": len(keys) / dt, "mbps": total / 1e6 / dt}
 
 
@@ -251,11 +255,11 @@ def main():
     finally:
         server.stop()
     data_bytes = args.objects * args.size
-    print(f"\nmachine: {os.cpu_count()} vCPU; server: s3s-fs 0.14.1 on 127.0.0.1; {args.readers} readers; single runs")
+    print(f"\nmachine: {os.cpu_count()} vCPU; server: benches/s3-server (s3s-fs 0.14.1 backend, TCP_NODELAY) on 127.0.0.1; {args.readers} readers; single runs")
     if raw_fps:
         print(f"raw disk epoch over the same files: {raw_fps:.0f} files/s")
     print(f"find -size over the same tree on local disk (page cache dropped): {raw_find:.2f} s")
-    print(f"direct GETs from s3s-fs ({len(sample)} objects, {args.readers} parallel): {net['files_per_s']:.0f} files/s, {net['mbps']:.0f} MB/s")
+    print(f"direct GETs from the server (curl, {len(sample)} objects, {args.readers} parallel): {net['files_per_s']:.0f} files/s, {net['mbps']:.0f} MB/s")
     for name, r in results.items():
         print(f"\n{name}")
         for k, v in r.items():
