@@ -91,20 +91,25 @@ def proc_stats(pid):
         return float("nan"), float("nan")
 
 
+def client_when_up(endpoint, name):
+    """A boto3 client of the S3 server at `endpoint`, once it answers (30 s at most)."""
+    s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(max_pool_connections=32))
+    for _ in range(300):
+        try:
+            s3.list_buckets()
+            return s3
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"{name} did not start")
+
+
 class Moto:
     def __init__(self, workdir):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "moto.log"), "w"))
-        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, config=Config(max_pool_connections=32))
-        for _ in range(300):
-            try:
-                self.s3.list_buckets()
-                return
-            except Exception:
-                time.sleep(0.1)
-        raise SystemExit("moto did not start")
+        self.s3 = client_when_up(self.endpoint, "moto")
 
     def stop(self):
         self.proc.terminate()

@@ -69,16 +69,7 @@ class S3sFs:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([SERVER, f"127.0.0.1:{self.port}", root],
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
-        import boto3
-        from botocore.config import Config
-        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, config=Config(max_pool_connections=32))
-        for _ in range(300):
-            try:
-                self.s3.list_buckets()
-                return
-            except Exception:
-                time.sleep(0.1)
-        raise SystemExit("s3s-fs did not start")
+        self.s3 = epochs.client_when_up(self.endpoint, "the benchmark S3 server")
 
     def stop(self):
         self.proc.terminate()

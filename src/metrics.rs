@@ -46,6 +46,7 @@ metrics! {
     hint_files_done => "hoardfs_hint_files_done_total", "Hinted files now complete in the cache (fetched or already there).";
     hint_files_failed => "hoardfs_hint_files_failed_total", "Hinted files that could not be fetched (unknown path, S3 error).";
     passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
+    passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
 }
 
 impl Metrics {

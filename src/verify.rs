@@ -191,17 +191,8 @@ impl Verifier {
         }
         let h = obj.header();
         let unit = h.checksum.units(h.object_size)[u].clone();
-        let failed = || {
-            VerifyError::Mismatch(format!(
-                "s3://{}/{} (ETag {}) bytes {}-{} failed verification against S3's {:?} checksum twice",
-                h.bucket,
-                h.key,
-                h.etag,
-                unit.start,
-                unit.end.saturating_sub(1),
-                h.checksum.algorithm
-            ))
-        };
+        let what = format!("s3://{}/{} (ETag {}) bytes {}-{}", h.bucket, h.key, h.etag, unit.start, unit.end.saturating_sub(1));
+        let failed = || VerifyError::Mismatch(format!("{what} failed verification against S3's {:?} checksum twice", h.checksum.algorithm));
         if obj.unit_failed(u) {
             return Err(failed());
         }
@@ -219,15 +210,7 @@ impl Verifier {
                 return Ok(());
             }
             Metrics::add(&self.metrics.verify_failures, 1);
-            tracing::warn!(
-                "s3://{}/{} (ETag {}) bytes {}-{} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them",
-                h.bucket,
-                h.key,
-                h.etag,
-                unit.start,
-                unit.end.saturating_sub(1),
-                h.checksum.algorithm
-            );
+            tracing::warn!("{what} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them", h.checksum.algorithm);
             self.fetcher.settle(obj, blocks_of(obj, &unit)).await;
             for b in blocks_of(obj, &unit) {
                 obj.drop_block(b);

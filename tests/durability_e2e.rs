@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,16 +114,7 @@ fn a_full_disk_keeps_reads_working_and_corrupts_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     // A 6 MiB tmpfs as the cache's file system: far less than the 18 MiB read.
     let small = tmp.path().join("small-fs");
-    std::fs::create_dir(&small).unwrap();
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "hoardfs-test"]).arg(&small).status().unwrap();
-    assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Umount(small.clone());
+    let _tmpfs = Tmpfs::mount(&small, "6m");
     let cache = small.join("cache");
     {
         let mount = TestMount::new(&server, "disk-full", &cache, tmp.path());

@@ -150,16 +150,7 @@ fn evicted_passthrough_objects_free_their_space() {
     upload_many(&server, "evict", &objects);
     let tmp = tempfile::tempdir().unwrap();
     let fs = tmp.path().join("tmpfs");
-    std::fs::create_dir(&fs).unwrap();
-    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=256m", "hoardfs-evict"]).arg(&fs).status().unwrap();
-    assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Umount(fs.clone());
+    let _tmpfs = Tmpfs::mount(&fs, "256m");
     let limit = 40 * MIB as u64;
     let mount = TestMount::with(&server, "evict", &fs.join("cache"), tmp.path(), |c| c.cache.max_size = Some(limit));
     let mut peak = 0;

@@ -86,3 +86,31 @@ fn passthrough_can_be_turned_off() {
 fn drop_page_cache() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
+
+/// Many small files read by 8 threads, twice (the second time through passthrough): every
+/// passthrough open is matched by its release once the files are closed. A release that reached
+/// the daemon before the open was recorded used to be lost, pinning the backing for the whole
+/// mount and making every later open scan past it.
+#[test]
+fn every_passthrough_open_is_released() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..600).map(|i| (format!("d/f{i:04}"), bytes(i, 4096 + i as usize))).collect();
+    upload_many(&server, "released", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::new(&server, "released", &tmp.path().join("cache"), tmp.path());
+    for _ in 0..2 {
+        read_all_parallel(&mount.mountpoint, &objects, 8);
+    }
+    let opens = mount.metric(|m| &m.passthrough_opens);
+    assert!(opens >= 600, "passthrough was not used ({opens} opens): the test proves nothing");
+    // The kernel sends RELEASE after close(2) returns: wait for the count to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mount.metric(|m| &m.passthrough_releases) < opens {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {opens} passthrough opens were released",
+            mount.metric(|m| &m.passthrough_releases)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -188,16 +188,7 @@ fn a_full_cache_disk_with_corrupted_bodies_serves_no_wrong_byte() {
     let server = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
     let full = tmp.path().join("full");
-    std::fs::create_dir(&full).unwrap();
-    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "hoardfs-full"]).arg(&full).status().unwrap();
-    assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Umount(full.clone());
+    let _tmpfs = Tmpfs::mount(&full, "1m");
     let cache = full.join("cache");
     drop(hoardfs::cache::CacheDir::open_exclusive(&cache).unwrap());
     let mut filler = std::fs::File::create(full.join("filler")).unwrap();

@@ -467,3 +467,22 @@ pub fn read_all_parallel(mount_root: &Path, objects: &[(String, Vec<u8>)], reade
         }
     });
 }
+
+/// A tmpfs of `size` (as mount(8) takes it, e.g. "6m") mounted at `path` (created), unmounted
+/// lazily on drop: a cache file system whose size a test controls.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "hoardfs-test"]).arg(path).status().unwrap();
+        assert!(status.success(), "CANNOT RUN: mounting a tmpfs needs root");
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
