@@ -1,7 +1,7 @@
 //! `pread`/`pwrite` in the calling task.
 //!
 //! The I/O runs inline on the async worker rather than on a blocking pool: a page-cache hit costs
-//! well under a microsecond, far less than any thread hand-off (see DESIGN.md's measurements),
+//! well under a microsecond, far less than any thread hand-off (see docs/DESIGN.md),
 //! and a cold NVMe read blocks one of the runtime's workers for about 100 µs.
 
 use std::fs::File;
