@@ -1,11 +1,12 @@
 //! The `hoardfs` binary: parse flags, set up logging, run, report errors plainly.
 
 use clap::Parser;
-use hoardfs::cli::{exit_code, run, Cli, LogFormat};
+use hoardfs::cli::{exit_code, rewrite_mount_helper_args, run, Cli, LogFormat};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 fn main() {
-    let cli = Cli::parse();
+    // `mount -t fuse.hoardfs` and fstab call `hoardfs SOURCE MOUNTPOINT -o OPTS`.
+    let cli = Cli::parse_from(rewrite_mount_helper_args(std::env::args_os().collect()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hoardfs=info,fuser=warn,warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

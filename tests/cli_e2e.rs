@@ -196,3 +196,57 @@ fn a_read_can_be_followed_through_json_logs() {
     });
     assert!(get_in_fetch_of_read, "no GET inside a fetch span under the read:\n{stderr}");
 }
+
+/// `mount -t fuse.hoardfs SOURCE DIR -o …` and an `/etc/fstab` line (`mount -T FSTAB DIR`) mount,
+/// serve the right bytes, and unmount. mount(8) finds `hoardfs` on the system PATH only, so the
+/// test runs in a private mount namespace (unshare) where /usr/local/bin is a directory holding
+/// the binary under test: nothing outside the test is changed.
+#[test]
+fn mount_t_fuse_hoardfs_and_an_fstab_line_work() {
+    require_fuse();
+    let server = S3Server::start();
+    let body = bytes(9, 1 << 20);
+    server.bucket("fstab", &[("data/a.bin", &body)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let bin = t.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hoardfs"), bin.join("hoardfs")).unwrap();
+    for d in ["m1", "m2"] {
+        std::fs::create_dir(t.join(d)).unwrap();
+    }
+    let options = |cache: &str| {
+        format!("cache-dir={},endpoint-url={},force-path-style,metadata-ttl=indefinite", t.join(cache).display(), server.endpoint())
+    };
+    std::fs::write(
+        t.join("fstab"),
+        format!("s3://fstab/data {} fuse.hoardfs {},_netdev,nofail 0 0\n", t.join("m2").display(), options("c2")),
+    )
+    .unwrap();
+    let script = format!(
+        "set -e
+         mount --bind {bin} /usr/local/bin
+         mount -t fuse.hoardfs s3://fstab/data {m1} -o {o1}
+         cat {m1}/a.bin > {t}/out1
+         umount {m1}
+         mount -T {t}/fstab {m2}
+         cat {m2}/a.bin > {t}/out2
+         umount {m2}",
+        bin = bin.display(),
+        m1 = t.join("m1").display(),
+        m2 = t.join("m2").display(),
+        o1 = options("c1"),
+        t = t.display(),
+    );
+    let out = std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "CANNOT RUN or failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (name, cache) in [("out1", "c1"), ("out2", "c2")] {
+        assert_same(name, &std::fs::read(t.join(name)).unwrap(), &body);
+        assert!(t.join(cache).join("hoardfs-cache").exists(), "{cache}: the mount did not use its cache dir");
+    }
+}

@@ -2,12 +2,14 @@
 //! `anyhow` lives only here; the library's errors are typed.
 
 mod cache;
+mod helper;
 mod mount;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 pub use cache::CacheArgs;
+pub use helper::rewrite as rewrite_mount_helper_args;
 pub use mount::MountArgs;
 
 use crate::object::s3::S3Config;
