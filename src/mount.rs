@@ -61,6 +61,10 @@ pub struct MountConfig {
     /// Hand complete, verified objects to the kernel (FUSE passthrough) when it supports it.
     /// Default: true.
     pub passthrough: bool,
+    /// Largest complete object whose blocks are all re-hashed at its first open in a mount (so
+    /// that open is already passthrough); larger ones are checked in the background from their
+    /// first open. Default: [`crate::fs::DEFAULT_CHECK_AT_OPEN_MAX`] (1 GiB).
+    pub check_at_open_max: u64,
     /// Kernel read-ahead for the mount, in KiB, set after mounting (the kernel's FUSE default is
     /// 128 KiB, which caps daemon-path reads at about 1.2 GB/s here). Default: 1024.
     pub read_ahead_kb: Option<u32>,
@@ -85,6 +89,7 @@ impl MountConfig {
             hint_parallel: crate::hints::DEFAULT_PARALLEL_FILES,
             verify: VerifyPolicy::default(),
             passthrough: true,
+            check_at_open_max: crate::fs::DEFAULT_CHECK_AT_OPEN_MAX,
             read_ahead_kb: Some(1024),
         }
     }
@@ -236,7 +241,10 @@ pub fn mount_with_client(
     let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);
     let catalog = Arc::new(CacheCatalog { cache: cache.clone(), bucket: config.s3.bucket.clone() });
     let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl, Some(store)).with_offline_catalog(catalog);
-    let fs = Arc::new(HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch));
+    let fs = Arc::new(
+        HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch)
+            .with_passthrough(config.passthrough, config.check_at_open_max),
+    );
 
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(

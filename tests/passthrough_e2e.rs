@@ -47,7 +47,7 @@ fn complete_verified_objects_are_read_by_the_kernel_directly() {
     mount.unmount();
 
     // After a remount every block's blake3 is checked once before the kernel gets the file:
-    // at open for objects up to 8 MiB (this one), so even the first open is passthrough.
+    // at open (16 reads in flight) for objects up to 1 GiB, so even the first open is passthrough.
     let again = TestMount::new(&server, "passthrough", &cache, tmp.path());
     assert_same("remount, first open", &std::fs::read(again.path("shard.tar")).unwrap(), &body);
     assert_eq!(again.metric(|m| &m.passthrough_opens), 1);
@@ -55,19 +55,32 @@ fn complete_verified_objects_are_read_by_the_kernel_directly() {
     assert_eq!(again.gets(), 0);
     again.unmount();
 
-    // A larger object is checked on its first reads through the daemon instead.
+    // Past the at-open limit (lowered here to 8 MiB for a 9 MiB object), the first open after a
+    // remount is served by the daemon while a background pass checks every block; the opens
+    // after that pass are passthrough.
     let big = bytes(5, 9 * MIB);
     server.bucket("passthrough-big", &[("big.bin", &big)]);
     let cache = tmp.path().join("cache-big");
     TestMount::new(&server, "passthrough-big", &cache, tmp.path()).unmount_after(|m| {
         assert_same("fill", &std::fs::read(m.path("big.bin")).unwrap(), &big);
     });
-    let m = TestMount::new(&server, "passthrough-big", &cache, tmp.path());
+    let m = TestMount::with(&server, "passthrough-big", &cache, tmp.path(), |c| c.check_at_open_max = 8 * MIB as u64);
     assert_same("remount, first open", &std::fs::read(m.path("big.bin")).unwrap(), &big);
     assert_eq!(m.metric(|m| &m.passthrough_opens), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while m.metric(|m| &m.cache_hit_blocks) < 9 {
+        assert!(std::time::Instant::now() < deadline, "the background pass never checked all 9 blocks");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_same("remount, second open", &std::fs::read(m.path("big.bin")).unwrap(), &big);
     assert_eq!(m.metric(|m| &m.passthrough_opens), 1);
     assert_eq!(m.gets(), 0);
+    m.unmount();
+
+    // With the default limit the same object's first open after a remount is passthrough.
+    let m = TestMount::new(&server, "passthrough-big", &cache, tmp.path());
+    assert_same("remount, default limit", &std::fs::read(m.path("big.bin")).unwrap(), &big);
+    assert_eq!(m.metric(|m| &m.passthrough_opens), 1);
 }
 
 #[test]

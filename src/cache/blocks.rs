@@ -103,4 +103,24 @@ impl BlockCache {
             }
         }
     }
+
+    /// Reads and hashes every present block of `obj` not yet checked in this mount, `in_flight`
+    /// at a time (reads overlap on the disk, hashing spreads over the worker threads), so the
+    /// object can be handed to the kernel whole. A block that fails is cleared (and refetched by
+    /// the next read that wants it), so afterwards the object is either complete and checked, or
+    /// not complete.
+    pub async fn check_all(self: &Arc<Self>, obj: &Arc<CachedObject>, in_flight: usize) {
+        let mut pending = (0..obj.block_count()).filter(|&b| !obj.block_checked(b) && obj.is_present(b));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < in_flight.max(1) {
+                let Some(b) = pending.next() else { break };
+                let (cache, obj) = (Arc::clone(self), Arc::clone(obj));
+                running.spawn(async move { cache.read_verified(&obj, b).await.map(|bytes| bytes.len()) });
+            }
+            if running.join_next().await.is_none() {
+                return;
+            }
+        }
+    }
 }

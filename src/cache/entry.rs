@@ -34,6 +34,8 @@ pub struct CachedObject {
     /// a refetch of such a block must hash to this. Blocks in the cache are proven by their
     /// index record.
     pub(super) proven: Mutex<std::collections::HashMap<u64, [u8; 32]>>,
+    /// Set when a background pass checking every block has started in this mount.
+    pub(super) check_pass: AtomicBool,
 }
 
 impl CachedObject {
@@ -181,6 +183,12 @@ impl CachedObject {
         if index.verify_state() == VerifyState::Verified {
             index.set_verify_state(VerifyState::Pending);
         }
+    }
+
+    /// Claims the one background check pass of this entry in this mount: true for the first
+    /// caller only.
+    pub fn begin_check_pass(&self) -> bool {
+        !self.check_pass.swap(true, Ordering::AcqRel)
     }
 
     /// Whether block `b`'s blake3 was checked in this mount.

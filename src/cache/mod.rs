@@ -335,6 +335,7 @@ impl BlockCache {
             units_verified: Mutex::new(units_verified),
             units_failed: Mutex::new(vec![None; units]),
             proven: Mutex::default(),
+            check_pass: AtomicBool::new(false),
         });
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);
