@@ -3,8 +3,11 @@
 //!
 //! Layers, top to bottom: [`cli`] → [`mount`] → [`fuse`] (adapter) → [`fs`] (logic) →
 //! [`meta`] (inodes, listings) and [`cache`] (blocks on disk, via [`io`]) ← [`fetch`] (misses,
-//! via [`object`]). [`hints`] feeds the fetcher a training job's read order. [`metrics`] counts
-//! what crosses each seam.
+//! via [`object`]). [`passthrough`] keeps the kernel's backing files for [`fuse`]; [`uncached`]
+//! serves, verified in memory, what the cache cannot hold; [`verify`] checks units against S3.
+//! [`hints`] feeds the fetcher a training job's read order. [`limits`] sizes the pools of open
+//! files, [`private`] keeps the cache dir the user's own. [`metrics`] counts what crosses each
+//! seam.
 
 #![warn(missing_docs)]
 
@@ -23,6 +26,7 @@ pub mod meta;
 pub mod metrics;
 pub mod mount;
 pub mod object;
+pub mod passthrough;
 pub mod private;
 #[cfg(test)]
 pub(crate) mod testing;
