@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use aws_sdk_s3::types::{ChecksumAlgorithm as A, ChecksumType as T};
-use bytes::Bytes;
 use common::*;
 use hoardfs::cache::format::VerifyState;
 use hoardfs::object::s3::S3Client;
-use hoardfs::object::{BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
 const MIB: usize = 1 << 20;
 
@@ -45,8 +43,8 @@ fn every_checksum_kind_is_verified_through_the_mount() {
         }
         // Multipart, composite: moto lists no part checksums (neither GetObjectAttributes nor
         // HEAD ?partNumber return them), so these cannot be verified there and must be recorded
-        // as unverified, not failed. The composite path is proven against S3's documented rule
-        // in the unit tests (checksum::tests, verify::tests).
+        // as unverified, not failed. tests/composite_e2e.rs proves the composite path end to end
+        // against LocalStack, which lists them.
         let key = "multipart-composite/CRC32".to_string();
         let parts = vec![bytes(40, 5 * MIB), bytes(41, 777)];
         multipart(&with, "sums", &key, &parts, Some(A::Crc32), Some(T::Composite)).await;
@@ -83,59 +81,9 @@ fn every_checksum_kind_is_verified_through_the_mount() {
     assert_eq!(again.gets(), 0);
 }
 
-/// Wraps the real client and flips a byte in GET bodies: the first `flaky_left` bodies of
-/// `flaky_key`, and every body of `bad_keys`.
-struct Faulty {
-    inner: S3Client,
-    flaky_key: String,
-    flaky_left: AtomicI64,
-    bad_keys: Vec<String>,
-}
-
-impl ObjectClient for Faulty {
-    fn head(&self, key: &str) -> BoxFuture<'_, Result<ObjectInfo, ObjectError>> {
-        self.inner.head(key)
-    }
-    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<hoardfs::checksum::ObjectChecksum, ObjectError>> {
-        self.inner.object_checksum(key, etag)
-    }
-    fn list(&self, prefix: &str, token: Option<String>, max: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
-        self.inner.list(prefix, token, max)
-    }
-    fn bucket(&self) -> &str {
-        self.inner.bucket()
-    }
-    fn get_range(&self, key: &str, etag: &str, range: std::ops::Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
-        let corrupt = self.should_corrupt(key);
-        let fut = self.inner.get_range(key, etag, range);
-        Box::pin(async move { Ok(flip_if(corrupt, fut.await?)) })
-    }
-    fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, hoardfs::checksum::ObjectChecksum), ObjectError>> {
-        let corrupt = self.should_corrupt(key);
-        let fut = self.inner.get_whole(key, etag);
-        Box::pin(async move { fut.await.map(|(b, c)| (flip_if(corrupt, b), c)) })
-    }
-}
-
-impl Faulty {
-    fn should_corrupt(&self, key: &str) -> bool {
-        self.bad_keys.iter().any(|k| k == key) || (key == self.flaky_key && self.flaky_left.fetch_sub(1, Ordering::SeqCst) > 0)
-    }
-}
-
-fn flip_if(corrupt: bool, body: Bytes) -> Bytes {
-    if !corrupt || body.is_empty() {
-        return body;
-    }
-    let mut v = body.to_vec();
-    let mid = v.len() / 2;
-    v[mid] ^= 0x01;
-    Bytes::from(v)
-}
-
 /// `flaky.bin` (its first GET body corrupt), `bad.bin` and `small-bad.bin` (every body corrupt,
 /// the small one a single block fetched whole at open), all with CRC32C; and a mount through
-/// [`Faulty`] with its cache in `cache`.
+/// [`Corrupting`] client with its cache in `cache`.
 fn mount_faulty(server: &S3Server, tmp: &std::path::Path, cache: &std::path::Path) -> (Vec<u8>, hoardfs::mount::MountHandle) {
     let (rt, with) = uploader(server, true);
     let flaky = bytes(1, 4 * MIB + 3);
@@ -149,12 +97,11 @@ fn mount_faulty(server: &S3Server, tmp: &std::path::Path, cache: &std::path::Pat
     std::fs::create_dir(&mp).unwrap();
     let runtime = hoardfs::mount::build_runtime().unwrap();
     let inner = runtime.block_on(S3Client::new(&server.config("faults")));
-    let client = Arc::new(Faulty {
-        inner,
-        flaky_key: "flaky.bin".into(),
-        flaky_left: AtomicI64::new(1),
-        bad_keys: vec!["bad.bin".into(), "small-bad.bin".into()],
-    });
+    let flaky_left = AtomicI64::new(1);
+    let client = Arc::new(Corrupting::new(inner, move |key, range| {
+        let corrupt = matches!(key, "bad.bin" | "small-bad.bin") || (key == "flaky.bin" && flaky_left.fetch_sub(1, Ordering::SeqCst) > 0);
+        corrupt.then_some(range.start + (range.end - range.start) / 2)
+    }));
     let config = hoardfs::mount::MountConfig::new(server.config("faults"), "", &mp, cache);
     (flaky, hoardfs::mount::mount_with_client(config, client, runtime).unwrap())
 }
@@ -199,4 +146,38 @@ fn a_full_cache_disk_with_corrupted_bodies_serves_no_wrong_byte() {
     let entries = hoardfs::cache::CacheDir::open_read_only(&cache).unwrap().scan().unwrap().0;
     assert!(entries.is_empty(), "the disk was not full: {} entries were created", entries.len());
     handle.unmount().unwrap();
+}
+
+/// A cache dir on a file system mounted read-only (a stale image, a mistaken `ro` in fstab): the
+/// mount cannot take the cache's lock, so it refuses with an error that names the file, the
+/// cause and the fix, rather than coming up with a cache it can neither fill nor lock. No byte
+/// is served, so no wrong one; the cache on it is left as it was.
+#[test]
+fn a_read_only_cache_dir_is_refused_with_the_cause_and_the_fix() {
+    require_fuse();
+    let server = S3Server::start();
+    server.bucket("readonly", &[("a.bin", &bytes(1, 1000))]);
+    let tmp = tempfile::tempdir().unwrap();
+    let ro = tmp.path().join("ro");
+    let _tmpfs = Tmpfs::mount(&ro, "16m");
+    let cache = ro.join("cache");
+    drop(hoardfs::cache::CacheDir::open_exclusive(&cache).unwrap());
+    let before = modes_under(&cache);
+    let status = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&ro).status().unwrap();
+    assert!(status.success(), "remounting the cache's tmpfs read-only");
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = LazyUnmount(mp.clone());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoardfs"))
+        .args(["mount", "s3://readonly"])
+        .arg(&mp)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mounted(&mp), "a read-only cache dir must not mount: {stderr}");
+    assert!(stderr.contains("Read-only file system") && stderr.contains("writable"), "{stderr}");
+    assert_eq!(modes_under(&cache), before);
 }
