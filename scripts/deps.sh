@@ -32,3 +32,28 @@ command -v moto_server >/dev/null || {
   exit 1
 }
 command -v cargo-nextest >/dev/null || cargo install -q cargo-nextest --locked
+
+# LocalStack's S3 (localstack-core, run in-process without Docker): the one local server found
+# that lists part checksums (GetObjectAttributes ObjectParts), so composite multipart
+# verification is tested end to end against it (tests/composite_e2e.rs). It needs Python 3.12+
+# and versions its own metadata does not pin (cbor2 6 moved a module it imports; pyOpenSSL 24.3+
+# dropped a call it makes at start and needs cryptography < 44, which pip's resolver refuses
+# beside joserfc's >= 45, unused here): scripts/localstack-requirements.txt is a working set,
+# installed exactly as listed with --no-deps. The test runs it inside a network namespace with
+# only a loopback interface, so it can reach nothing but 127.0.0.1.
+ls_venv="${HOARDFS_LOCALSTACK_VENV:-/var/tmp/hoardfs-localstack}"
+if ! "$ls_venv/bin/python" -c 'import localstack.services.s3.provider' 2>/dev/null; then
+  py=""
+  for c in python3.13 python3.12 /root/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" 2>/dev/null -c 'import sys; raise SystemExit(sys.version_info < (3, 12))'; then py="$c"; break; fi
+  done
+  if [ -z "$py" ]; then
+    echo "deps: apt-get install python3.13-venv (LocalStack needs Python 3.12 or later)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.13 python3.13-venv >/dev/null
+    py=python3.13
+  fi
+  echo "deps: LocalStack S3 in $ls_venv ($("$py" --version))"
+  rm -rf "$ls_venv"
+  "$py" -m venv "$ls_venv"
+  "$ls_venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$(dirname "$0")/localstack-requirements.txt"
+fi

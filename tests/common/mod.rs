@@ -3,7 +3,11 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod corrupting;
+pub mod localstack;
 pub mod proxy;
+
+pub use corrupting::Corrupting;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
