@@ -153,7 +153,7 @@ class Hoardfs:
 
 class HoardfsHinted(Hoardfs):
     """hoardfs told each epoch's order through its prefetch control file, as
-    examples/pytorch_dataset.py does."""
+    hoardfs.HintingSampler does."""
     name = "hoardfs + hints"
 
     def hint(self, order):
