@@ -1,0 +1,110 @@
+//! The fetcher over the in-memory client: coalescing, single-flight, prefetch, failures.
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::cache::{CacheConfig, CacheDir};
+use crate::io::{probe, EngineChoice};
+use crate::object::counting::CountingClient;
+use crate::object::memory::MemoryClient;
+use crate::testing::{pattern, small_blocks};
+
+const BS: usize = 4096;
+
+/// A fetcher over one 10-block object, allowing GETs of `get_blocks` blocks.
+async fn setup(dir: &std::path::Path, get_blocks: u64) -> (Arc<Fetcher>, Arc<CachedObject>, Arc<Metrics>, Vec<u8>, Arc<MemoryClient>) {
+    let mem = Arc::new(MemoryClient::new("b"));
+    let body = pattern(BS * 10 - 7, 5);
+    let info = mem.put("obj", body.clone());
+    let metrics = Arc::new(Metrics::default());
+    let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(mem.clone(), metrics.clone()));
+    let config: CacheConfig = small_blocks();
+    let cache = Arc::new(
+        BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), config).unwrap(),
+    );
+    let limits = FetchLimits { max_concurrent_gets: 4, max_get_size: get_blocks * BS as u64 };
+    let fetcher = Fetcher::new(client, cache, metrics.clone(), limits);
+    let obj = fetcher.entry(&info).await.unwrap().unwrap();
+    (fetcher, obj, metrics, body, mem)
+}
+
+fn gets(m: &Metrics) -> u64 {
+    m.s3_get_requests.load(Ordering::Relaxed)
+}
+
+async fn check(pending: Vec<PendingBlock>, blocks: &[u64], body: &[u8]) {
+    for (&b, p) in blocks.iter().zip(pending) {
+        let start = b as usize * BS;
+        assert_eq!(p.wait().await.unwrap(), body[start..(start + BS).min(body.len())], "block {b}");
+    }
+}
+
+#[tokio::test]
+async fn neighbouring_blocks_share_a_get_up_to_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, obj, m, body, _) = setup(dir.path(), 4).await;
+    let blocks = [0, 1, 2, 3, 4, 5, 7, 8, 9];
+    check(f.load_each(&obj, &blocks), &blocks, &body).await;
+    // 0-3 (the limit), 4-5, 7-9 (the last block is short).
+    assert_eq!(gets(&m), 3);
+    f.drain().await;
+    assert!(blocks.iter().all(|&b| obj.is_present(b)) && !obj.is_present(6));
+}
+
+#[tokio::test]
+async fn blocks_already_cached_are_read_from_disk_and_split_the_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, obj, m, body, _) = setup(dir.path(), 8).await;
+    check(f.load_each(&obj, &[2]), &[2], &body).await;
+    f.drain().await;
+    let blocks = [0, 1, 2, 3, 4];
+    check(f.load_each(&obj, &blocks), &blocks, &body).await;
+    // Block 2 from disk; 0-1 and 3-4 in one GET each.
+    assert_eq!(gets(&m), 3);
+}
+
+#[tokio::test]
+async fn prefetch_skips_present_blocks_and_a_load_joins_a_prefetch_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, obj, m, body, _) = setup(dir.path(), 4).await;
+    check(f.load_each(&obj, &[5]), &[5], &body).await;
+    f.drain().await;
+    f.prefetch(&obj, 0..20); // clipped to the object's 10 blocks
+    check(f.load_each(&obj, &[1, 6]), &[1, 6], &body).await;
+    f.drain().await;
+    // 1 for block 5, then 0-3, 4, 6-9.
+    assert_eq!(gets(&m), 4);
+    assert_eq!(m.prefetch_blocks.load(Ordering::Relaxed), 9);
+    assert!(obj.is_complete());
+}
+
+#[tokio::test]
+async fn a_failed_get_fails_every_block_it_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, obj, m, _, mem) = setup(dir.path(), 8).await;
+    mem.put("obj", pattern(BS * 10 - 7, 6)); // a new version: If-Match fails
+    for p in f.load_each(&obj, &[0, 1, 2]) {
+        assert!(matches!(p.wait().await, Err(FetchError::Changed(_))));
+    }
+    assert_eq!(gets(&m), 1);
+    f.drain().await; // returns: no block is left claimed
+    assert!((0..3).all(|b| !obj.is_present(b)));
+}
+
+#[tokio::test]
+async fn two_opens_of_one_small_object_cause_one_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, _, m, _, mem) = setup(dir.path(), 8).await;
+    let info = mem.put("small", pattern(1000, 9));
+    let before = gets(&m);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, info) = (f.clone(), info.clone());
+            tokio::spawn(async move { f.entry(&info).await.unwrap().unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_present(0));
+    }
+    assert_eq!(gets(&m) - before, 1);
+    assert!(f.creating.lock().unwrap().is_empty());
+}
