@@ -32,9 +32,17 @@ import epochs  # noqa: E402  (shares the epoch runner, page-cache drop, peers an
 from epochs import drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
 
 ROOT = epochs.ROOT
-HOARDFS = os.path.join(ROOT, "target/release/hoardfs")
+HOARDFS = os.environ.get("HOARDFS_BIN", os.path.join(ROOT, "target/release/hoardfs"))
 # benches/s3-server: s3s-fs's directory backend with TCP_NODELAY (see its main.rs for why).
 SERVER = os.path.join(ROOT, "benches/s3-server/target/release/hoardfs-bench-s3")
+
+
+def bench_env(work):
+    """The bench server's credentials for every client, no instance metadata, and the work dir."""
+    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_REGION", "us-east-1")):
+        os.environ[k] = v
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.makedirs(work, exist_ok=True)
 
 
 def generate(root, bucket, n, dirs, size):
@@ -203,10 +211,7 @@ def main():
     ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-scale"))
     args = ap.parse_args()
-    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_REGION", "us-east-1")):
-        os.environ[k] = v
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    os.makedirs(args.work, exist_ok=True)
+    bench_env(args.work)
     root, bucket = os.path.join(args.work, "s3root"), "scale"
     t = time.perf_counter()
     keys = generate(root, bucket, args.objects, args.dirs, args.size)

@@ -424,6 +424,9 @@ impl HoardFs {
     /// called at unmount.
     pub async fn drain(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.fetcher.drain()).await;
+        if let Some(tier) = self.fetcher.shared_tier() {
+            tier.drain(timeout).await;
+        }
         self.cache.flush();
     }
 

@@ -28,6 +28,7 @@ pub mod mount;
 pub mod object;
 pub mod passthrough;
 pub mod private;
+pub mod shared;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod uncached;

@@ -46,6 +46,12 @@ metrics! {
     hint_files_done => "hoardfs_hint_files_done_total", "Hinted files now complete in the cache (fetched or already there).";
     hint_files_failed => "hoardfs_hint_files_failed_total", "Hinted files that could not be fetched (unknown path, S3 error).";
     passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
+    shared_hits => "hoardfs_shared_hit_blocks_total", "Blocks taken from the shared tier (then verified like the origin's).";
+    shared_misses => "hoardfs_shared_miss_blocks_total", "Blocks the shared tier did not hold; read from the origin.";
+    shared_errors => "hoardfs_shared_errors_total", "Shared tier reads that failed (down, denied, no bucket); read from the origin.";
+    shared_rejects => "hoardfs_shared_rejects_total", "Shared tier copies that failed a check (blake3, identity or the origin's checksum); never served.";
+    shared_puts => "hoardfs_shared_puts_total", "Verified blocks written to the shared tier.";
+    shared_put_failures => "hoardfs_shared_put_failures_total", "Blocks not written to the shared tier (queue full, read-back or PUT failed); dropped.";
     passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
 }
 

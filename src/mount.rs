@@ -68,6 +68,8 @@ pub struct MountConfig {
     /// Kernel read-ahead for the mount, in KiB, set after mounting (the kernel's FUSE default is
     /// 128 KiB, which caps daemon-path reads at about 1.2 GB/s here). Default: 1024.
     pub read_ahead_kb: Option<u32>,
+    /// A shared cache tier between the local cache and the origin ([`crate::shared`]).
+    pub shared: Option<crate::shared::SharedConfig>,
 }
 
 impl MountConfig {
@@ -91,6 +93,7 @@ impl MountConfig {
             passthrough: true,
             check_at_open_max: crate::fs::DEFAULT_CHECK_AT_OPEN_MAX,
             read_ahead_kb: Some(1024),
+            shared: None,
         }
     }
 }
@@ -237,6 +240,11 @@ pub fn mount_with_client(
         let _guard = runtime.enter();
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.fetch)
     };
+    if let Some(shared) = config.shared.clone() {
+        let setup = runtime.block_on(crate::shared::SharedSetup::s3(shared, &config.s3));
+        let _guard = runtime.enter();
+        setup.attach(&fetcher, cache.clone(), metrics.clone(), config.verify.mode);
+    }
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
     let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);
     let catalog = Arc::new(CacheCatalog { cache: cache.clone(), bucket: config.s3.bucket.clone() });

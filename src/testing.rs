@@ -23,6 +23,8 @@ pub struct Rig {
     pub metrics: Arc<Metrics>,
     /// Its cache.
     pub cache: Arc<BlockCache>,
+    /// Its fetcher.
+    pub fetcher: Arc<Fetcher>,
 }
 
 /// A rig with the default verification policy.
@@ -48,8 +50,8 @@ pub fn rig_on(dir: &Path, mem: Arc<MemoryClient>, io: Arc<dyn IoEngine>, config:
     );
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let meta = Meta::new(client, "", None, None);
-    let fs = HoardFs::new(meta, cache.clone(), fetcher, verifier, "b".into(), PrefetchConfig::default());
-    Rig { fs, metrics, cache }
+    let fs = HoardFs::new(meta, cache.clone(), fetcher.clone(), verifier, "b".into(), PrefetchConfig::default());
+    Rig { fs, metrics, cache, fetcher }
 }
 
 /// 4 KiB blocks, so small test objects span several blocks.

@@ -204,12 +204,16 @@ impl Verifier {
                 obj.prove(proof.into_iter().filter(|(b, _)| !obj.is_present(*b)));
                 obj.set_unit_verified(u);
                 tracing::debug!(range = ?unit, attempt, "unit matched S3's checksum");
+                self.offer_to_shared_tier(obj, &unit);
                 if obj.is_verified() {
                     tracing::debug!("s3://{}/{} verified against its {:?} checksum", h.bucket, h.key, h.checksum.algorithm);
                 }
                 return Ok(());
             }
             Metrics::add(&self.metrics.verify_failures, 1);
+            if let Some(tier) = self.fetcher.shared_tier() {
+                tier.unit_failed(obj);
+            }
             tracing::warn!("{what} do not match S3's {:?} checksum (attempt {attempt} of 2); dropping them", h.checksum.algorithm);
             self.fetcher.settle(obj, blocks_of(obj, &unit)).await;
             for b in blocks_of(obj, &unit) {
@@ -218,6 +222,14 @@ impl Verifier {
         }
         obj.set_unit_failed(u);
         Err(failed())
+    }
+
+    /// Offers a verified unit's blocks to the shared tier (queued; uploaded in the background
+    /// once they are on disk).
+    fn offer_to_shared_tier(&self, obj: &Arc<CachedObject>, unit: &Range<u64>) {
+        if let Some(tier) = self.fetcher.shared_tier() {
+            tier.unit_verified(obj, blocks_of(obj, unit));
+        }
     }
 
     /// The checksum of the unit's bytes, loading missing blocks first. `None` if a block

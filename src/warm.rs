@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cache::BlockCache;
 use crate::checksum::Algorithm;
-use crate::fetch::{FetchLimits, Fetcher};
+use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::object::{ObjectClient, ObjectError, ObjectInfo};
 use crate::verify::{Verifier, VerifyPolicy};
@@ -71,18 +70,15 @@ pub fn apply_order(objects: Vec<ObjectInfo>, order: &[String]) -> (Vec<ObjectInf
     (out, missing)
 }
 
-/// Warms `objects` into `cache`; `progress` is updated with bytes done.
+/// Warms `objects` through `fetcher` (into its cache); `progress` is updated with bytes done.
 pub async fn warm(
-    client: Arc<dyn ObjectClient>,
-    cache: Arc<BlockCache>,
+    fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
     policy: VerifyPolicy,
     objects: Vec<ObjectInfo>,
     parallel_objects: usize,
-    limits: FetchLimits,
     progress: indicatif::ProgressBar,
 ) -> WarmReport {
-    let fetcher = Fetcher::new(client, cache.clone(), metrics.clone(), limits);
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), policy);
     let mut report = WarmReport { objects: objects.len(), bytes_total: objects.iter().map(|o| o.size).sum(), ..Default::default() };
     progress.set_length(report.bytes_total);
@@ -119,6 +115,9 @@ pub async fn warm(
         progress.set_message(format!("{} objects left", queue.len() + tasks.len()));
     }
     fetcher.drain().await;
+    if let Some(tier) = fetcher.shared_tier() {
+        tier.drain(Duration::from_secs(60)).await;
+    }
     ticker.abort();
     report.bytes_fetched = metrics.s3_get_bytes.load(Ordering::Relaxed) - fetched_before;
     progress.finish_and_clear();

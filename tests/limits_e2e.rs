@@ -78,16 +78,8 @@ fn the_cache_dir_is_private_to_the_mounting_user() {
     }
 
     std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoardfs"))
-        .args(["mount", "s3://private"])
-        .arg(&mp)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let (status, stderr) = mount_that_fails(&server, "private", &mp, &cache);
+    assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("writable by every user") && stderr.contains("chmod 700"), "{stderr}");
 }
 

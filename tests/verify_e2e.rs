@@ -168,16 +168,8 @@ fn a_read_only_cache_dir_is_refused_with_the_cause_and_the_fix() {
     let mp = tmp.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let _guard = LazyUnmount(mp.clone());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoardfs"))
-        .args(["mount", "s3://readonly"])
-        .arg(&mp)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && !is_mounted(&mp), "a read-only cache dir must not mount: {stderr}");
+    let (status, stderr) = mount_that_fails(&server, "readonly", &mp, &cache);
+    assert!(!status.success() && !is_mounted(&mp), "a read-only cache dir must not mount: {stderr}");
     assert!(stderr.contains("Read-only file system") && stderr.contains("writable"), "{stderr}");
     assert_eq!(modes_under(&cache), before);
 }

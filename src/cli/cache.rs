@@ -7,14 +7,16 @@ use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 
-use super::{parse_s3_uri, S3Args};
+use super::{parse_s3_uri, S3Args, SharedArgs};
 use crate::cache::{CacheConfig, CacheDir};
 use crate::fetch::FetchLimits;
+use crate::fetch::Fetcher;
 use crate::inspect::{self, EntryReport, EvictWhat, Filter};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::s3::S3Client;
 use crate::object::ObjectClient;
+use crate::shared::SharedSetup;
 use crate::units::{parse_duration, parse_size};
 use crate::verify::{VerifyMode, VerifyPolicy};
 
@@ -114,6 +116,8 @@ pub struct WarmArgs {
     common: Common,
     #[command(flatten)]
     s3: S3Args,
+    #[command(flatten)]
+    shared: SharedArgs,
     /// Fetch these keys first, in this order (one full key per line): a training sampler's
     /// order, so the first steps of a job find their files cached.
     #[arg(long, value_name = "FILE")]
@@ -345,16 +349,18 @@ fn warm(a: WarmArgs) -> Result<bool> {
             .expect("static template"),
     );
     let policy = VerifyPolicy { mode: a.verify, require_checksum: false };
-    let report = rt.block_on(crate::warm::warm(
-        client,
-        Arc::new(cache),
-        metrics,
-        policy,
-        objects,
-        a.parallel_objects,
-        FetchLimits { max_concurrent_gets: a.max_concurrent_gets, max_get_size: a.max_get_size },
-        bar,
-    ));
+    let cache = Arc::new(cache);
+    let limits = FetchLimits { max_concurrent_gets: a.max_concurrent_gets, max_get_size: a.max_get_size };
+    let fetcher = {
+        let _guard = rt.enter();
+        Fetcher::new(client, cache.clone(), metrics.clone(), limits)
+    };
+    if let Some(shared) = a.shared.config()? {
+        let setup = rt.block_on(SharedSetup::s3(shared, &a.s3.config(bucket.clone())));
+        let _guard = rt.enter();
+        setup.attach(&fetcher, cache, metrics.clone(), policy.mode);
+    }
+    let report = rt.block_on(crate::warm::warm(fetcher, metrics, policy, objects, a.parallel_objects, bar));
     if a.common.json {
         print_json(&report)?;
     } else {

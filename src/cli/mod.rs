@@ -74,6 +74,31 @@ impl S3Args {
     }
 }
 
+/// The shared cache tier; shared by `mount` and `cache warm`.
+#[derive(Args, Debug, Clone)]
+pub struct SharedArgs {
+    /// A bucket that holds verified blocks for every node (in production an S3 Express One Zone
+    /// directory bucket in the nodes' zone), reached with the origin's endpoint and credentials.
+    /// Reads go local cache, then this, then the origin. Its blocks are checked like the
+    /// origin's and never trusted (strict mode only); it being slow, down or denied never fails
+    /// a read. Verified blocks are written to it in the background. Expire them with a lifecycle
+    /// rule on the bucket (see README).
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    pub shared_cache: Option<String>,
+    /// Read from --shared-cache but never write to it (short-lived jobs).
+    #[arg(long, requires = "shared_cache")]
+    pub shared_cache_read_only: bool,
+}
+
+impl SharedArgs {
+    /// The tier's configuration, if one was given.
+    pub fn config(&self) -> Result<Option<crate::shared::SharedConfig>> {
+        let Some(uri) = &self.shared_cache else { return Ok(None) };
+        let (bucket, prefix) = parse_s3_uri(uri).map_err(|e| anyhow::anyhow!("--shared-cache: {e}"))?;
+        Ok(Some(crate::shared::SharedConfig::new(&bucket, &prefix, self.shared_cache_read_only)))
+    }
+}
+
 /// Runs a parsed command line; the error is printed by `main`. `Ok(false)` means the command
 /// ran but found a problem (for example `cache verify` found corrupt blocks): exit status 1.
 pub fn run(cli: Cli) -> Result<bool> {

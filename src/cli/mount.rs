@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{parse_s3_uri, OnOff, S3Args, VerifyReads};
+use super::{parse_s3_uri, OnOff, S3Args, SharedArgs, VerifyReads};
 use crate::cache::CacheConfig;
 use crate::fetch::FetchLimits;
 use crate::fs::PrefetchConfig;
@@ -36,6 +36,9 @@ pub struct MountArgs {
     /// Where S3 is.
     #[command(flatten)]
     pub s3: S3Args,
+    /// The shared cache tier.
+    #[command(flatten)]
+    pub shared: SharedArgs,
     /// Stay in the foreground; Ctrl-C unmounts. Without it, hoardfs returns once the mount is
     /// ready and keeps serving in the background (unmount with `fusermount3 -u MOUNTPOINT`).
     #[arg(long, short = 'f')]
@@ -116,6 +119,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return launch_daemon(&args);
     }
+    let shared = args.shared.config()?;
     let s3 = args.s3.config(bucket);
     let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
     config.cache = CacheConfig {
@@ -135,6 +139,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     config.hint_parallel = args.prefetch_hints;
     config.passthrough = args.passthrough == OnOff::On;
     config.read_ahead_kb = Some(args.read_ahead_kb);
+    config.shared = shared;
     let handle = mount(config)?;
     if std::env::var_os(DAEMON_ENV).is_some() {
         announce_ready_and_detach(&args)?;

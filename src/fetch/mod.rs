@@ -1,4 +1,5 @@
-//! Filling cache misses from S3 with ranged GETs: never two loads of one block at once
+//! Filling cache misses from S3 with ranged GETs (from the shared tier first, when there is
+//! one: [`crate::shared`]): never two loads of one block at once
 //! (single-flight), runs of neighbouring missing blocks coalesced into one GET of up to
 //! [`FetchLimits::max_get_size`], a bounded number of GETs in flight, and prefetch for
 //! sequential readers.
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -20,6 +21,7 @@ use crate::checksum::{block_crc, block_hash};
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 use crate::object::{ObjectClient, ObjectError};
+use crate::shared::SharedTier;
 
 /// Concurrent GETs at most, by default. 16 saturates a loopback server.
 pub const DEFAULT_MAX_CONCURRENT_GETS: usize = 16;
@@ -99,6 +101,8 @@ pub struct Fetcher {
     /// One lock per object version whose entry is being created, so a reader and a prefetch
     /// hint opening it together cause one HEAD or whole-object GET, not two.
     creating: Mutex<HashMap<(String, String), CreationLock>>,
+    /// The shared tier, if the mount has one (set once, after the cache exists).
+    shared: OnceLock<Arc<SharedTier>>,
 }
 
 impl Fetcher {
@@ -113,7 +117,18 @@ impl Fetcher {
             permits: Semaphore::new(limits.max_concurrent_gets.max(1)),
             max_get_size: limits.max_get_size,
             creating: Mutex::default(),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Reads go local cache → `tier` → origin from now on; verified units are offered to it.
+    pub fn set_shared_tier(&self, tier: Arc<SharedTier>) {
+        let _ = self.shared.set(tier);
+    }
+
+    /// The shared tier, if any.
+    pub fn shared_tier(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.get()
     }
 
     /// The whole of block `b`: read from disk and verified if present, else fetched from S3 and
@@ -258,7 +273,10 @@ impl Fetcher {
     /// verified unit already vouches (verified, then evicted) must match that digest; a
     /// mismatching one is fetched again alone, and a second mismatch is an error, so a corrupt
     /// refetch never passes for verified bytes.
-    async fn get_blocks(&self, obj: &CachedObject, blocks: Range<u64>) -> Result<Vec<Fetched>, FetchError> {
+    async fn get_blocks(&self, obj: &Arc<CachedObject>, blocks: Range<u64>) -> Result<Vec<Fetched>, FetchError> {
+        if let Some(fetched) = self.shared_tier_blocks(obj, blocks.clone()).await {
+            return Ok(fetched);
+        }
         let h = obj.header();
         let bs = h.block_size as u64;
         let range = blocks.start * bs..(blocks.end * bs).min(h.object_size);
@@ -280,6 +298,18 @@ impl Fetcher {
             }
         }
         Ok(out)
+    }
+
+    /// Blocks `blocks` from the shared tier, if it holds them all and each matches any digest
+    /// this cache already proved for it; `None` sends the caller to the origin.
+    async fn shared_tier_blocks(&self, obj: &Arc<CachedObject>, blocks: Range<u64>) -> Option<Vec<Fetched>> {
+        let tier = self.shared.get().filter(|t| t.readable_for(obj))?;
+        let bodies = tier.fetch(obj, blocks.clone()).await?;
+        let fetched: Option<Vec<Fetched>> = blocks.zip(bodies).map(|(b, bytes)| self.digests(obj, b, bytes, 1)).collect();
+        if fetched.is_none() {
+            tier.reject(obj, "a block does not match the digest this cache proved for it");
+        }
+        fetched
     }
 
     /// GETs block `b` alone, for a block whose coalesced copy failed its verified digest.
@@ -343,7 +373,10 @@ impl Fetcher {
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
         }
-        if info.size > 0 && info.size <= self.cache.block_size() as u64 {
+        // With a shared tier to read, the entry is made from a HEAD and the block then loaded
+        // like any other (tier first); without one, the whole-object GET below saves the HEAD.
+        let tier_first = self.shared.get().is_some_and(|t| t.reads_now());
+        if info.size > 0 && info.size <= self.cache.block_size() as u64 && !tier_first {
             // One block: one GET brings the bytes and the checksum, and the block is cached
             // before the open returns (small objects are fetched whole at open). The block is
             // claimed before the entry exists, so a reader who finds the entry while its block

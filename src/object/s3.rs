@@ -37,6 +37,12 @@ impl S3Client {
     /// Builds the SDK client. With a custom endpoint and no region anywhere, `us-east-1` is used
     /// rather than asking EC2 instance metadata, which a local server does not need.
     pub async fn new(config: &S3Config) -> Self {
+        Self::with_attempts(config, MAX_ATTEMPTS).await
+    }
+
+    /// As [`S3Client::new`], with `attempts` tries per request (1: no retry, for a source
+    /// whose failure only sends the read elsewhere).
+    pub async fn with_attempts(config: &S3Config, attempts: u32) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
@@ -58,7 +64,7 @@ impl S3Client {
             // retried with exponential backoff and full jitter.
             .retry_config(
                 aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_max_attempts(attempts.max(1))
                     .with_initial_backoff(Duration::from_millis(100))
                     .with_max_backoff(Duration::from_secs(5)),
             );
@@ -136,7 +142,7 @@ fn to_system_time(t: Option<&DateTime>) -> SystemTime {
 
 /// Sorts an SDK error into the variants callers act on. HeadObject errors carry no body, so the
 /// HTTP status decides when there is no error code.
-fn classify<E>(what: &str, err: SdkError<E, HttpResponse>) -> ObjectError
+pub(crate) fn classify<E>(what: &str, err: SdkError<E, HttpResponse>) -> ObjectError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {

@@ -7,6 +7,7 @@ pub mod corrupting;
 pub mod localstack;
 pub mod proxy;
 
+#[allow(unused_imports)]
 pub use corrupting::Corrupting;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -405,6 +406,20 @@ impl Drop for CliMount {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `hoardfs mount --foreground` of `bucket` when it is expected to fail at start: its exit
+/// status and stderr.
+pub fn mount_that_fails(server: &S3Server, bucket: &str, mountpoint: &Path, cache: &Path) -> (std::process::ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hoardfs"))
+        .args(["mount", &format!("s3://{bucket}")])
+        .arg(mountpoint)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--endpoint-url", &server.endpoint(), "--force-path-style", "--foreground"])
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// A counter of the last finished mount of `cache` (from its `last-mount.json`).
