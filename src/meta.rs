@@ -389,7 +389,9 @@ impl Meta {
             Err(e) => return Some(Err(e)),
         };
         match node.kind {
-            NodeKind::File { info } if self.fresh(node.learned) => Some(Ok(info)),
+            // A listing without ETags (some S3-compatible servers omit them) pins no version:
+            // HEAD at open, so the cache keys and verifies the version actually read.
+            NodeKind::File { info } if self.fresh(node.learned) && !info.etag.is_empty() => Some(Ok(info)),
             NodeKind::File { .. } => None,
             NodeKind::Dir { .. } => Some(Err(MetaError::NotFound)),
         }

@@ -435,6 +435,22 @@ mod tests {
         }
     }
 
+    /// A server whose listings carry no ETags (s3s-fs): the open HEADs the object, so the entry
+    /// is keyed by the real ETag and verified against it, not recorded unverifiable under "".
+    #[tokio::test]
+    async fn a_listing_without_etags_is_pinned_by_a_head_at_open() {
+        let mem = Arc::new(MemoryClient::new("b"));
+        mem.lists_without_etags.store(true, Ordering::SeqCst);
+        mem.put("o", pattern(9000, 4));
+        let dir = tempfile::tempdir().unwrap();
+        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
+        let dh = r.fs.opendir(crate::meta::ROOT_INO).await.unwrap(); // the listing, ETag-less
+        r.fs.releasedir(dh);
+        assert_eq!(read_all(&r.fs, "o").await.unwrap(), pattern(9000, 4));
+        assert!(r.metrics.s3_head_requests.load(Ordering::Relaxed) >= 1);
+        assert_eq!(states(dir.path()), vec![VerifyState::Verified]);
+    }
+
     #[tokio::test]
     async fn unverifiable_objects_follow_the_policy() {
         let mem = Arc::new(MemoryClient::new("b"));

@@ -19,6 +19,8 @@ pub struct MemoryClient {
     objects: Mutex<BTreeMap<String, (Bytes, ObjectInfo)>>,
     checksums: Mutex<BTreeMap<String, ObjectChecksum>>,
     corrupt: Mutex<Option<Box<dyn Fn(&str, &mut Vec<u8>) + Send>>>,
+    /// Listings leave out ETags, as some S3-compatible servers do (s3s-fs).
+    pub lists_without_etags: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryClient {
@@ -142,7 +144,11 @@ impl ObjectClient for MemoryClient {
             if is_prefix {
                 page.prefixes.push(entry.clone());
             } else {
-                page.objects.push(info.clone());
+                let mut info = info.clone();
+                if self.lists_without_etags.load(std::sync::atomic::Ordering::Relaxed) {
+                    info.etag.clear();
+                }
+                page.objects.push(info);
             }
             count += 1;
             last = entry;
