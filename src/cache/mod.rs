@@ -104,9 +104,16 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// `State::open` is never pruned below this size.
+const MIN_PRUNE_AT: usize = 1024;
+
 struct State {
-    /// Entries in memory; eviction skips any that someone besides `warm` holds.
+    /// Entries in memory; eviction skips any that someone besides `warm` holds. Dead weak
+    /// references are pruned when the map has doubled since the last prune (amortised O(1) per
+    /// open; pruning on every open made an epoch quadratic in the number of objects).
     open: HashMap<ObjectId, Weak<CachedObject>>,
+    /// `open`'s size at which it is pruned next.
+    prune_open_at: usize,
     /// The most recently used entries, kept alive.
     warm: LruCache<ObjectId, Arc<CachedObject>>,
     /// Every entry on disk, least recently used first, with its accounted bytes.
@@ -153,6 +160,7 @@ impl BlockCache {
             config,
             state: Mutex::new(State {
                 open: HashMap::new(),
+                prune_open_at: MIN_PRUNE_AT,
                 warm: LruCache::new(warm_capacity),
                 lru,
                 total,
@@ -340,7 +348,10 @@ impl BlockCache {
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);
         state.total = state.total - old + bytes;
-        state.open.retain(|_, w| w.strong_count() > 0);
+        if state.open.len() >= state.prune_open_at {
+            state.open.retain(|_, w| w.strong_count() > 0);
+            state.prune_open_at = (2 * state.open.len()).max(MIN_PRUNE_AT);
+        }
         state.open.insert(id, Arc::downgrade(&obj));
         state.warm.put(id, obj.clone());
         Ok(obj)
