@@ -1,6 +1,6 @@
 //! The shared cache tier (issue 15) through real mounts of the `hoardfs` binary against the local
 //! server, with an origin bucket and a shared bucket on it: what mount A verified, mount B reads
-//! with zero GETs to the origin; a damaged shared block is never served; a missing shared bucket
+//! with zero GETs to the origin, and so does `cache warm`; a damaged shared block is never served; a missing shared bucket
 //! costs nothing but a warning.
 
 mod common;
@@ -63,6 +63,22 @@ fn a_second_node_reads_from_the_shared_tier_and_never_serves_a_damaged_block() {
     assert_eq!(last_mount_counter(&b, "hoardfs_shared_hit_blocks_total"), BLOCKS);
     assert_eq!(last_mount_counter(&b, "hoardfs_shared_puts_total"), 0);
     assert_eq!(verify_states(&b).values().filter(|s| **s == hoardfs::cache::format::VerifyState::Verified).count(), objects.len());
+
+    // `cache warm` through the tier: a third node filled before its job starts, no origin GET.
+    let e = tmp.path().join("cache-e");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoardfs"))
+        .args(["cache", "warm", &format!("s3://{ORIGIN}"), "--json", "--shared-cache", &shared, "--shared-cache-read-only"])
+        .arg("--cache-dir")
+        .arg(&e)
+        .args(["--endpoint-url", &server.endpoint(), "--force-path-style"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["objects"], objects.len());
+    assert_eq!(report["bytes_fetched"], 0, "warm read the origin: {report}");
+    assert!(report["failed"].as_array().unwrap().is_empty(), "{report}");
+    assert!(verify_states(&e).values().all(|s| *s == hoardfs::cache::format::VerifyState::Verified));
 
     // A byte flipped in one shared block (its metadata kept): C serves the origin's bytes
     // (read_all_parallel compares every byte) and counts the reject.
