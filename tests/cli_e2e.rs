@@ -130,6 +130,10 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(code, 2, "usage errors exit 2");
     assert!(msg.contains("20MiB"), "{msg}");
 
+    let (code, msg) = run_err(&with(&|a| a.extend(["--shared-cache".into(), "http://cache".into()])));
+    assert_eq!(code, 2, "usage errors exit 2");
+    assert!(msg.contains("--shared-cache") && msg.contains("s3://BUCKET"), "{msg}");
+
     let (code, msg) = run_err(&with(&|a| a[1] = "s3://no-such-bucket".into()));
     assert!(msg.contains("does not exist"), "{msg}");
     assert_eq!(code, 3);

@@ -5,7 +5,7 @@ mod cache;
 mod helper;
 mod mount;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 pub use cache::CacheArgs;
@@ -94,7 +94,7 @@ impl SharedArgs {
     /// The tier's configuration, if one was given.
     pub fn config(&self) -> Result<Option<crate::shared::SharedConfig>> {
         let Some(uri) = &self.shared_cache else { return Ok(None) };
-        let (bucket, prefix) = parse_s3_uri(uri).map_err(|e| anyhow::anyhow!("--shared-cache: {e}"))?;
+        let (bucket, prefix) = parse_s3_uri(uri).context("--shared-cache")?;
         Ok(Some(crate::shared::SharedConfig::new(&bucket, &prefix, self.shared_cache_read_only)))
     }
 }

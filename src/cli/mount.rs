@@ -116,10 +116,10 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .ok()
         .filter(|b| crate::cache::format::BLOCK_SIZE_RANGE.contains(b))
         .ok_or_else(|| super::UsageError(format!("--block-size {} is outside 4KiB..64MiB", args.block_size)))?;
+    let shared = args.shared.config()?;
     if !args.foreground && std::env::var_os(DAEMON_ENV).is_none() {
         return launch_daemon(&args);
     }
-    let shared = args.shared.config()?;
     let s3 = args.s3.config(bucket);
     let mut config = MountConfig::new(s3, &prefix, &args.mountpoint, &args.cache_dir);
     config.cache = CacheConfig {
