@@ -241,9 +241,7 @@ pub fn mount_with_client(
         Fetcher::new(client.clone(), cache.clone(), metrics.clone(), config.fetch)
     };
     if let Some(shared) = config.shared.clone() {
-        let setup = runtime.block_on(crate::shared::SharedSetup::s3(shared, &config.s3));
-        let _guard = runtime.enter();
-        setup.attach(&fetcher, cache.clone(), metrics.clone(), config.verify.mode);
+        runtime.block_on(crate::shared::attach_s3(&fetcher, shared, &config.s3, cache.clone(), metrics.clone(), config.verify.mode));
     }
     let verifier = Verifier::new(fetcher.clone(), metrics.clone(), config.verify);
     let store = ListingStore::new(&config.cache_dir, &config.s3.bucket);

@@ -9,14 +9,13 @@ use clap::{Args, Subcommand};
 
 use super::{parse_s3_uri, S3Args, SharedArgs};
 use crate::cache::{CacheConfig, CacheDir};
-use crate::fetch::FetchLimits;
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchLimits, Fetcher};
 use crate::inspect::{self, EntryReport, EvictWhat, Filter};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::s3::S3Client;
 use crate::object::ObjectClient;
-use crate::shared::SharedSetup;
+use crate::shared::attach_s3;
 use crate::units::{parse_duration, parse_size};
 use crate::verify::{VerifyMode, VerifyPolicy};
 
@@ -356,9 +355,7 @@ fn warm(a: WarmArgs) -> Result<bool> {
         Fetcher::new(client, cache.clone(), metrics.clone(), limits)
     };
     if let Some(shared) = a.shared.config()? {
-        let setup = rt.block_on(SharedSetup::s3(shared, &a.s3.config(bucket.clone())));
-        let _guard = rt.enter();
-        setup.attach(&fetcher, cache, metrics.clone(), policy.mode);
+        rt.block_on(attach_s3(&fetcher, shared, &a.s3.config(bucket.clone()), cache, metrics.clone(), policy.mode));
     }
     let report = rt.block_on(crate::warm::warm(fetcher, metrics, policy, objects, a.parallel_objects, bar));
     if a.common.json {

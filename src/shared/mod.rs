@@ -86,33 +86,21 @@ impl SharedConfig {
     }
 }
 
-/// A shared tier to attach to a fetcher: where it is and how to reach it.
-pub struct SharedSetup {
-    /// The bucket's client.
-    pub store: Arc<dyn SharedStore>,
-    /// Where in it, and whether this node writes.
-    pub config: SharedConfig,
-}
-
-impl SharedSetup {
-    /// The tier on S3, reached like the origin `origin` (endpoint, region, addressing).
-    pub async fn s3(config: SharedConfig, origin: &crate::object::s3::S3Config) -> Self {
-        let store = s3::S3SharedStore::new(&crate::object::s3::S3Config { bucket: config.bucket.clone(), ..origin.clone() }).await;
-        Self { store: Arc::new(store), config }
-    }
-
-    /// Makes `fetcher` read through the tier (if `mode` is strict) and offer verified units to
-    /// it. Call within the runtime: the upload tasks are spawned on it.
-    pub fn attach(&self, fetcher: &Arc<Fetcher>, cache: Arc<BlockCache>, metrics: Arc<Metrics>, mode: VerifyMode) {
-        tracing::info!(
-            bucket = %self.config.bucket,
-            prefix = %self.config.prefix,
-            reads = mode == VerifyMode::Strict,
-            writes = !self.config.read_only,
-            "shared cache tier attached"
-        );
-        fetcher.set_shared_tier(SharedTier::new(self.store.clone(), &self.config, mode == VerifyMode::Strict, fetcher, cache, metrics));
-    }
+/// Attaches the tier `config` describes, on S3 and reached like `origin` (endpoint, region,
+/// addressing), to `fetcher`: reads go through it if `mode` is strict, verified units are
+/// offered to it. Run it on the runtime the fetcher uses: the upload tasks are spawned there.
+pub async fn attach_s3(
+    fetcher: &Arc<Fetcher>,
+    config: SharedConfig,
+    origin: &crate::object::s3::S3Config,
+    cache: Arc<BlockCache>,
+    metrics: Arc<Metrics>,
+    mode: VerifyMode,
+) {
+    let store = s3::S3SharedStore::new(&crate::object::s3::S3Config { bucket: config.bucket.clone(), ..origin.clone() }).await;
+    let reads = mode == VerifyMode::Strict;
+    tracing::info!(bucket = %config.bucket, prefix = %config.prefix, reads, writes = !config.read_only, "shared cache tier attached");
+    fetcher.set_shared_tier(SharedTier::new(Arc::new(store), &config, reads, fetcher, cache, metrics));
 }
 
 /// The shared tier of one mount (or `cache warm` run).
@@ -120,16 +108,22 @@ pub struct SharedTier {
     store: Arc<dyn SharedStore>,
     prefix: String,
     metrics: Arc<Metrics>,
-    /// Objects some of whose blocks were taken from the tier in this mount.
-    taken: Mutex<HashSet<ObjectId>>,
-    /// Objects a tier block failed a check for: read from the origin only from now on.
-    distrusted: Mutex<HashSet<ObjectId>>,
     uploads: Option<Uploads>,
     /// Whether reads may take blocks from the tier (strict mode only: see the module docs).
     reads: bool,
+    /// What this mount has learnt about the tier, under one lock.
+    state: Mutex<TierState>,
+}
+
+#[derive(Default)]
+struct TierState {
+    /// Objects some of whose blocks were taken from the tier and are not yet all verified.
+    taken: HashSet<ObjectId>,
+    /// Objects a tier block failed a check for: read from the origin only from now on.
+    distrusted: HashSet<ObjectId>,
     /// After a failed tier read, the tier is skipped until then (a tier that is down costs one
     /// failed request per [`PAUSE_AFTER_ERROR`], not one per block).
-    paused_until: Mutex<Option<Instant>>,
+    paused_until: Option<Instant>,
 }
 
 /// How long the tier is skipped after a read of it failed.
@@ -150,12 +144,10 @@ impl SharedTier {
         let fetcher = Arc::downgrade(fetcher);
         Arc::new_cyclic(|tier| Self {
             reads,
-            paused_until: Mutex::new(None),
+            state: Mutex::default(),
             store,
             prefix: config.prefix.clone(),
             metrics,
-            taken: Mutex::default(),
-            distrusted: Mutex::default(),
             uploads: (!config.read_only).then(|| Uploads::start(tier.clone(), fetcher, cache)),
         })
     }
@@ -169,12 +161,12 @@ impl SharedTier {
     /// paused after an error, the origin offers a checksum for every unit of `obj`, and no tier
     /// block of it has failed a check in this mount.
     pub fn readable_for(&self, obj: &CachedObject) -> bool {
-        self.reads_now() && verifiable(obj) && !self.distrusted.lock().unwrap().contains(&obj.id)
+        self.reads_now() && verifiable(obj) && !self.state.lock().unwrap().distrusted.contains(&obj.id)
     }
 
     /// Whether reads may consult the tier at all now (on, and not paused after an error).
     pub fn reads_now(&self) -> bool {
-        self.reads && !self.paused_until.lock().unwrap().is_some_and(|t| Instant::now() < t)
+        self.reads && self.state.lock().unwrap().paused_until.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Blocks `blocks` of `obj` from the tier, each checked against the blake3 and the origin
@@ -211,7 +203,7 @@ impl SharedTier {
                 Err(e) => {
                     tracing::warn!("shared tier read failed ({e}); reading the origin, and skipping the tier for {PAUSE_AFTER_ERROR:?}");
                     Metrics::add(&self.metrics.shared_errors, 1);
-                    *self.paused_until.lock().unwrap() = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                    self.state.lock().unwrap().paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
                     complete = false;
                 }
             }
@@ -220,7 +212,7 @@ impl SharedTier {
             return None;
         }
         Metrics::add(&self.metrics.shared_hits, found.len() as u64);
-        self.taken.lock().unwrap().insert(obj.id);
+        self.state.lock().unwrap().taken.insert(obj.id);
         tracing::debug!(blocks = ?blocks, "blocks taken from the shared tier");
         Some(blocks.map(|b| found.remove(&b).expect("every block was found")).collect())
     }
@@ -246,13 +238,14 @@ impl SharedTier {
         let h = obj.header();
         Metrics::add(&self.metrics.shared_rejects, 1);
         tracing::warn!("shared tier copy of s3://{}/{} (ETag {}) rejected: {why}; reading the origin", h.bucket, h.key, h.etag);
-        self.distrusted.lock().unwrap().insert(obj.id);
+        self.state.lock().unwrap().distrusted.insert(obj.id);
     }
 
     /// Called when a unit of `obj` failed the origin's checksum: if tier blocks were in it,
     /// the tier is blamed (counted) and the object is read from the origin from now on.
     pub fn unit_failed(&self, obj: &CachedObject) {
-        if self.taken.lock().unwrap().remove(&obj.id) {
+        let was_taken = self.state.lock().unwrap().taken.remove(&obj.id);
+        if was_taken {
             self.reject(obj, "a unit built from its blocks does not match the origin's checksum");
         }
     }
@@ -262,7 +255,7 @@ impl SharedTier {
     /// rejected is offered once the origin's bytes verified: that repairs the tier.)
     pub fn unit_verified(&self, obj: &Arc<CachedObject>, blocks: Range<u64>) {
         let from_tier = {
-            let mut taken = self.taken.lock().unwrap();
+            let taken = &mut self.state.lock().unwrap().taken;
             // Forget the object once all of it is verified: the set stays as small as the
             // objects being read right now.
             if obj.is_verified() {
