@@ -234,9 +234,10 @@ impl HoardFs {
             return answer;
         }
         let info = self.meta.open_file(ino).await?;
-        let obj = self.fetcher.entry(&info).await.inspect_err(|e| {
+        let obj = self.verifier.entry(&info).await.inspect_err(|e| {
             tracing::warn!("open of s3://{}/{}: {e}", self.bucket, info.key);
         })?;
+        let obj = obj.map(|entry| entry.obj);
         if let Ok(obj) = &obj {
             // A mismatch clears the block; the object is then not complete and is served (and
             // repaired) through the daemon.

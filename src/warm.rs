@@ -127,10 +127,10 @@ pub async fn warm(
 /// Fills one object, verified as a mount would; `Ok(true)` if it was already complete. Also
 /// used by a mount's prefetch hints.
 pub(crate) async fn warm_one(fetcher: &Arc<Fetcher>, verifier: &Arc<Verifier>, info: ObjectInfo) -> Result<bool, String> {
-    let obj = fetcher.entry(&info).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    let complete = obj.is_complete() && verifier.servable(&obj);
-    if complete {
-        return Ok(true);
+    let entry = verifier.entry(&info).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let obj = entry.obj;
+    if obj.is_complete() && verifier.servable(&obj) {
+        return Ok(entry.fresh.is_none());
     }
     let h = obj.header();
     if h.checksum.algorithm != Algorithm::None {

@@ -88,6 +88,21 @@ type CreationLock = Arc<tokio::sync::Mutex<()>>;
 /// One block as fetched: bytes, blake3, CRC of the object's algorithm.
 type Fetched = (Bytes, [u8; 32], u64);
 
+/// An object version's cache entry, as [`Fetcher::entry`] found or made it.
+pub struct Entry {
+    /// The entry.
+    pub obj: Arc<CachedObject>,
+    /// The object's whole body, when making the entry fetched it in one GET (objects of one
+    /// block): the verifier checks these bytes in memory rather than reading them back.
+    pub fresh: Option<Bytes>,
+}
+
+impl Entry {
+    fn existing(obj: Arc<CachedObject>) -> Self {
+        Self { obj, fresh: None }
+    }
+}
+
 /// The background fetcher of one mount.
 pub struct Fetcher {
     client: Arc<dyn ObjectClient>,
@@ -348,10 +363,10 @@ impl Fetcher {
     /// The cache entry of an object version, created on first use with what S3 offers to verify
     /// it against (one HeadObject, plus GetObjectAttributes for composite checksums). The
     /// outer error is S3's, the inner the cache's (the caller may then read uncached).
-    pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Arc<CachedObject>, CacheError>, FetchError> {
+    pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
         let bucket = self.client.bucket().to_string();
         if let Ok(Some(obj)) = self.cache.open_existing(&bucket, info) {
-            return Ok(Ok(obj));
+            return Ok(Ok(Entry::existing(obj)));
         }
         let id = (info.key.clone(), info.etag.clone());
         let lock = Arc::clone(self.creating.lock().unwrap().entry(id.clone()).or_default());
@@ -367,9 +382,9 @@ impl Fetcher {
     }
 
     /// [`Fetcher::entry`] under its object's lock: a waiter finds the entry its predecessor made.
-    async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Arc<CachedObject>, CacheError>, FetchError> {
+    async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
         match self.cache.open_existing(bucket, info) {
-            Ok(Some(obj)) => return Ok(Ok(obj)),
+            Ok(Some(obj)) => return Ok(Ok(Entry::existing(obj))),
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
         }
@@ -392,19 +407,20 @@ impl Fetcher {
             };
             return match fetched.await {
                 Ok(Ok((obj, block))) => {
+                    let fresh = block.0.clone();
                     self.finish(&obj, 0, &Ok(block), true).await;
-                    Ok(Ok(obj))
+                    Ok(Ok(Entry { obj, fresh: Some(fresh) }))
                 }
                 other => {
                     let waiters = self.inflight.lock().unwrap().remove(&claim).unwrap_or_default();
                     self.settled.notify_waiters();
                     reply(waiters, &Err(FetchError::Failed(format!("fetching s3://{bucket}/{} whole failed", info.key))));
-                    other.map(|r| r.map(|(obj, _)| obj))
+                    other.map(|r| r.map(|(obj, _)| Entry::existing(obj)))
                 }
             };
         }
         let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
-        Ok(self.cache.create(bucket, info, checksum))
+        Ok(self.cache.create(bucket, info, checksum).map(Entry::existing))
     }
 
     /// Waits until no load is in flight, so every fetched block is written and claimed: called

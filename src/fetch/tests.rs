@@ -23,7 +23,7 @@ async fn setup(dir: &std::path::Path, get_blocks: u64) -> (Arc<Fetcher>, Arc<Cac
     );
     let limits = FetchLimits { max_concurrent_gets: 4, max_get_size: get_blocks * BS as u64 };
     let fetcher = Fetcher::new(client, cache, metrics.clone(), limits);
-    let obj = fetcher.entry(&info).await.unwrap().unwrap();
+    let obj = fetcher.entry(&info).await.unwrap().unwrap().obj;
     (fetcher, obj, metrics, body, mem)
 }
 
@@ -99,7 +99,7 @@ async fn two_opens_of_one_small_object_cause_one_get() {
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let (f, info) = (f.clone(), info.clone());
-            tokio::spawn(async move { f.entry(&info).await.unwrap().unwrap() })
+            tokio::spawn(async move { f.entry(&info).await.unwrap().unwrap().obj })
         })
         .collect();
     for t in tasks {

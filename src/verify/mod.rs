@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::cache::{CachedObject, ObjectId};
+use crate::cache::{CacheError, CachedObject, ObjectId};
 use crate::checksum::{block_crc, block_hash, combine_crcs, Algorithm, UnitHasher};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{Entry, FetchError, Fetcher};
 use crate::metrics::Metrics;
+use crate::object::ObjectInfo;
 
 /// When bytes are checked against S3's checksum relative to serving them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +85,46 @@ impl Verifier {
     /// The counters it adds to.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The cache entry of an object version (see [`Fetcher::entry`]). When making it fetched the
+    /// whole object, its units are checked against S3's checksum from those bytes in memory:
+    /// the object is then verified before its first open returns, so that open can hand it to the
+    /// kernel, and its bytes are never read back from disk to be hashed.
+    pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
+        Ok(self.fetcher.entry(info).await?.inspect(|entry| {
+            if let Some(body) = &entry.fresh {
+                self.accept_whole(&entry.obj, body);
+            }
+        }))
+    }
+
+    /// Marks the units of `obj` that `body` (the whole object, as just fetched and stored)
+    /// proves. A unit that does not match is left alone: the next read verifies it the usual way
+    /// (from disk, dropping and refetching what fails), so failures have one path.
+    fn accept_whole(&self, obj: &Arc<CachedObject>, body: &[u8]) {
+        let h = obj.header();
+        if h.checksum.algorithm == Algorithm::None || obj.is_verified() || body.len() as u64 != h.object_size {
+            return;
+        }
+        for (u, unit) in h.checksum.units(h.object_size).iter().enumerate() {
+            let mut hasher = UnitHasher::new(h.checksum.algorithm);
+            hasher.update(&body[unit.start as usize..unit.end as usize]);
+            if Some(hasher.finish()) != h.checksum.expected(u) {
+                continue;
+            }
+            let bs = h.block_size as u64;
+            let blocks = blocks_of(obj, unit);
+            // Blocks the cache could not keep (a full disk) are checked against these when
+            // fetched again, as after any verification.
+            obj.prove(blocks.clone().filter(|&b| !obj.is_present(b)).map(|b| {
+                let start = (b * bs) as usize;
+                (b, block_hash(&body[start..start + h.block_len(b)]))
+            }));
+            obj.set_unit_verified(u);
+            tracing::debug!(range = ?unit, "unit matched S3's checksum in memory");
+            self.offer_to_shared_tier(obj, unit);
+        }
     }
 
     /// Called before bytes `range` of `obj` are served: in strict mode, returns once every unit
@@ -286,203 +327,4 @@ fn blocks_of(obj: &CachedObject, unit: &Range<u64>) -> Range<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::cache::format::VerifyState;
-    use crate::io::EngineChoice;
-    use crate::object::memory::MemoryClient;
-    use crate::testing::{pattern, read_all, rig_with, small_blocks};
-
-    const ALGS: [Algorithm; 5] = [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64nvme, Algorithm::Sha1, Algorithm::Sha256];
-
-    fn strict() -> VerifyPolicy {
-        VerifyPolicy::default()
-    }
-
-    /// Every algorithm, full-object and composite, with parts on and off block edges: the bytes
-    /// come back right and the object ends Verified, persistently.
-    #[tokio::test]
-    async fn every_algorithm_and_layout_verifies_and_stays_verified() {
-        let mem = Arc::new(MemoryClient::new("b"));
-        let mut names = Vec::new();
-        for (i, alg) in ALGS.iter().enumerate() {
-            let body = pattern(4096 * 7 + 123, i as u8);
-            for (layout, part) in [("full", None), ("parts-aligned", Some(8192)), ("parts-unaligned", Some(5000))] {
-                if *alg >= Algorithm::Sha1 || part.is_some() || layout == "full" {
-                    let name = format!("{alg:?}-{layout}");
-                    mem.put_with_checksum(&name, body.clone(), *alg, part);
-                    names.push((name, body.clone()));
-                }
-            }
-        }
-        mem.put("md5-etag", pattern(9000, 99));
-        names.push(("md5-etag".into(), pattern(9000, 99)));
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-            for (name, body) in &names {
-                assert_eq!(&read_all(&r.fs, name).await.unwrap(), body, "{name}");
-            }
-            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 0);
-        }
-        let states = states(dir.path());
-        assert_eq!(states.len(), names.len());
-        assert!(states.iter().all(|s| *s == VerifyState::Verified), "{states:?}");
-    }
-
-    fn states(dir: &std::path::Path) -> Vec<VerifyState> {
-        let cache = crate::cache::CacheDir::open_read_only(dir).unwrap();
-        let (ids, _) = cache.scan().unwrap();
-        ids.iter().map(|id| crate::cache::index::ObjectIndex::read_snapshot(&cache.paths(id).1).unwrap().verify_state()).collect()
-    }
-
-    /// Corrupt GET bodies: one bad answer is survived by a refetch; bad answers every time end in
-    /// EIO; wrong bytes are never returned.
-    #[tokio::test]
-    async fn corrupt_bodies_are_never_served() {
-        for alg in ALGS.into_iter().chain([Algorithm::Md5Etag]) {
-            let mem = Arc::new(MemoryClient::new("b"));
-            let body = pattern(4096 * 3 + 7, 5);
-            if alg == Algorithm::Md5Etag {
-                mem.put("o", body.clone());
-            } else {
-                mem.put_with_checksum("o", body.clone(), alg, None);
-            }
-            let bad = Arc::new(AtomicU32::new(1));
-            let b2 = bad.clone();
-            mem.corrupt_gets(move |_, v| {
-                if b2.load(Ordering::SeqCst) > 0 && v.len() > 100 {
-                    b2.fetch_sub(1, Ordering::SeqCst);
-                    v[100] ^= 0x40;
-                }
-            });
-            let dir = tempfile::tempdir().unwrap();
-            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body, "{alg:?}: one corrupt GET");
-            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 1, "{alg:?}");
-
-            let dir = tempfile::tempdir().unwrap();
-            bad.store(u32::MAX, Ordering::SeqCst);
-            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-            let err = read_all(&r.fs, "o").await.expect_err("every GET corrupt must fail");
-            assert_eq!(err.errno, libc::EIO, "{alg:?}");
-            assert!(err.message.contains("failed verification"), "{}", err.message);
-            assert_eq!(states(dir.path()), vec![VerifyState::Failed]);
-        }
-    }
-
-    /// A verified object whose block rots on disk is refetched, and the refetched bytes are
-    /// checked against S3's checksum again: a corrupt refetch is refused, not trusted.
-    #[tokio::test]
-    async fn refetch_after_disk_corruption_is_verified_again() {
-        let mem = Arc::new(MemoryClient::new("b"));
-        let body = pattern(4096 * 3, 6);
-        mem.put_with_checksum("o", body.clone(), Algorithm::Crc32c, None);
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body);
-        }
-        assert_eq!(states(dir.path()), vec![VerifyState::Verified]);
-        let data = walk(dir.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "data")).unwrap();
-        let mut bytes = std::fs::read(&data).unwrap();
-        bytes[5000] ^= 1;
-        std::fs::write(&data, bytes).unwrap();
-        mem.corrupt_gets(|_, v| v[0] ^= 1);
-        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-        let err = read_all(&r.fs, "o").await.expect_err("a corrupt refetch must not be served");
-        assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
-        assert_eq!(err.errno, libc::EIO);
-    }
-
-    fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = vec![];
-        for e in std::fs::read_dir(root).unwrap().flatten() {
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-        out
-    }
-
-    /// One corrupt GET, whose blocks are written to disk late (after the unit rejected them): the
-    /// retry must fetch afresh, not take the rejected bytes for a new copy (the CI flake of
-    /// `corrupted_get_bodies_never_reach_a_reader`, made deterministic by slow writes).
-    #[tokio::test]
-    async fn a_rejected_body_written_late_does_not_poison_the_retry() {
-        for alg in [Algorithm::Crc32c, Algorithm::Sha256] {
-            let mem = Arc::new(MemoryClient::new("b"));
-            let body = pattern(4096 * 6 + 3, 9);
-            mem.put_with_checksum("o", body.clone(), alg, None);
-            let bad = Arc::new(AtomicU32::new(1));
-            let b2 = bad.clone();
-            mem.corrupt_gets(move |_, v| {
-                if b2.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-                    v[10] ^= 1;
-                }
-            });
-            let dir = tempfile::tempdir().unwrap();
-            let io =
-                Arc::new(crate::testing::SlowWrites(crate::io::probe(EngineChoice::Psync).unwrap(), std::time::Duration::from_millis(50)));
-            let r = crate::testing::rig_on(dir.path(), mem, io, small_blocks(), strict());
-            assert_eq!(read_all(&r.fs, "o").await.unwrap(), body, "{alg:?}");
-            assert_eq!(r.metrics.verify_failures.load(Ordering::Relaxed), 1, "{alg:?}");
-        }
-    }
-
-    /// A server whose listings carry no ETags (s3s-fs): the open HEADs the object, so the entry
-    /// is keyed by the real ETag and verified against it, not recorded unverifiable under "".
-    #[tokio::test]
-    async fn a_listing_without_etags_is_pinned_by_a_head_at_open() {
-        let mem = Arc::new(MemoryClient::new("b"));
-        mem.lists_without_etags.store(true, Ordering::SeqCst);
-        mem.put("o", pattern(9000, 4));
-        let dir = tempfile::tempdir().unwrap();
-        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-        let dh = r.fs.opendir(crate::meta::ROOT_INO).await.unwrap(); // the listing, ETag-less
-        r.fs.releasedir(dh);
-        assert_eq!(read_all(&r.fs, "o").await.unwrap(), pattern(9000, 4));
-        assert!(r.metrics.s3_head_requests.load(Ordering::Relaxed) >= 1);
-        assert_eq!(states(dir.path()), vec![VerifyState::Verified]);
-    }
-
-    #[tokio::test]
-    async fn unverifiable_objects_follow_the_policy() {
-        let mem = Arc::new(MemoryClient::new("b"));
-        let info = mem.put("multipart-etag", pattern(5000, 1));
-        // An ETag with a part count is no MD5 of the content, and there is no checksum.
-        mem.set_etag("multipart-etag", &format!("\"{}-3\"", info.etag.trim_matches('"')));
-        let dir = tempfile::tempdir().unwrap();
-        let r = rig_with(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks(), strict());
-        assert_eq!(read_all(&r.fs, "multipart-etag").await.unwrap(), pattern(5000, 1));
-        drop(r);
-        assert_eq!(states(dir.path()), vec![VerifyState::Unverifiable]);
-        let dir = tempfile::tempdir().unwrap();
-        let policy = VerifyPolicy { require_checksum: true, ..strict() };
-        let r = rig_with(dir.path(), mem, EngineChoice::Psync, small_blocks(), policy);
-        assert_eq!(read_all(&r.fs, "multipart-etag").await.unwrap_err().errno, libc::EIO);
-    }
-
-    #[tokio::test]
-    async fn best_effort_serves_then_verifies_in_background() {
-        let mem = Arc::new(MemoryClient::new("b"));
-        let body = pattern(4096 * 4, 8);
-        mem.put_with_checksum("o", body.clone(), Algorithm::Crc64nvme, None);
-        let dir = tempfile::tempdir().unwrap();
-        let policy = VerifyPolicy { mode: VerifyMode::BestEffort, ..strict() };
-        let r = rig_with(dir.path(), mem, EngineChoice::Psync, small_blocks(), policy);
-        assert_eq!(read_all(&r.fs, "o").await.unwrap(), body);
-        for _ in 0..100 {
-            if states(dir.path()) == vec![VerifyState::Verified] {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("object never verified in the background: {:?}", states(dir.path()));
-    }
-}
+mod tests;
