@@ -63,6 +63,28 @@ def object_id(bucket, key, etag):
     return h.hexdigest()
 
 
+def checkpoint(lock, entries):
+    """`lock` is (dev, ino, mtime_ns, ctime_ns, pid); `entries` (bucket, key, etag, bytes, rank)."""
+    dev, ino, mtime_ns, ctime_ns, pid = lock
+    out = bytearray(b"HOARDCKP")
+    out += struct.pack("<II", 1, pid)
+    out += struct.pack("<QQqqQQ", dev, ino, mtime_ns, ctime_ns, len(entries), sum(e[3] for e in entries))
+    groups = {}
+    for bucket, key, etag, size, rank in entries:
+        groups.setdefault((bucket + "\0" + key).encode(), []).append((bytes.fromhex(object_id(bucket, key, etag)), size, rank))
+    previous = b""
+    for vkey in sorted(groups):
+        shared = 0
+        while shared < min(len(vkey), len(previous)) and vkey[shared] == previous[shared]:
+            shared += 1
+        out += struct.pack("<HH", shared, len(vkey) - shared) + vkey[shared:]
+        out += struct.pack("<I", len(groups[vkey]))
+        for oid, size, rank in groups[vkey]:
+            out += oid + struct.pack("<QI", size, rank)
+        previous = vkey
+    return bytes(out) + blake3(bytes(out)).digest()
+
+
 def main():
     HERE.mkdir(exist_ok=True)
     # 1. The header of a 2 MiB + 1 byte object with a full-object CRC32C (algorithm 2, type 1).
@@ -87,6 +109,10 @@ def main():
     blocks = {b: (content[b * 4096:(b + 1) * 4096], 0) for b in range(count)}
     (shard / f"{oid}.idx").write_bytes(index(hdr, count, 1_700_000_100, 2, blocks))
     print("object id", oid)
+    # 4. A checkpoint of three entries under two keys, for a lock file in the state below.
+    entries = [("b", "data/a.bin", '"e1"', 8192, 2), ("b", "data/a.bin", '"e2"', 4096, 0),
+               ("b", "data/ab.bin", '"e3"', 12288, 1)]
+    (HERE / "checkpoint-v1.bin").write_bytes(checkpoint((7, 11, 1_700_000_000_123_456_789, 1_700_000_000_987_654_321, 4242), entries))
 
 
 if __name__ == "__main__":

@@ -167,3 +167,45 @@ fn an_overwrite_in_s3_never_mixes_two_versions() {
     // A new open after the TTL sees v2, whole and alone.
     assert_same("v2", &std::fs::read(mount.path("model.bin")).unwrap(), &v2);
 }
+
+/// A clean unmount leaves a checkpoint of the cache's state, and the next mount starts from that
+/// one file instead of every index and serves every byte with no GET; the checkpoint is gone
+/// while a mount runs, so a mount killed with -9 leaves none, and the next one scans.
+#[test]
+fn a_clean_unmount_leaves_a_checkpoint_and_a_kill_9_leaves_none() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("d{}/f{i:02}", i % 3), bytes(100 + i, 5000 + 777 * i as usize))).collect();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("ckpt", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let checkpoint = cache.join("checkpoint");
+    let mount = |name: &str| CliMount::start(&server, "ckpt", &tmp.path().join(name), &cache, &[], Limits::default());
+    let gets = || last_mount_counter(&cache, "hoardfs_s3_get_requests_total");
+
+    let m = mount("fill");
+    read_all_parallel(&m.mountpoint, &objects, 4);
+    let (status, _) = m.stop();
+    assert!(status.success());
+    assert!(checkpoint.exists(), "a clean unmount wrote no checkpoint");
+
+    let m = mount("from-checkpoint");
+    assert!(!checkpoint.exists(), "a running mount left the checkpoint in place");
+    read_all_parallel(&m.mountpoint, &objects, 4);
+    let (status, log) = m.stop();
+    assert!(status.success());
+    assert!(log.contains("cache state read from its checkpoint: 20 entries"), "{log}");
+    assert_eq!(gets(), 0);
+    assert!(checkpoint.exists());
+
+    drop(mount("killed")); // SIGKILL: no clean unmount
+    assert!(!checkpoint.exists(), "a killed mount left a checkpoint behind");
+
+    let m = mount("after-kill");
+    read_all_parallel(&m.mountpoint, &objects, 4);
+    let (status, log) = m.stop();
+    assert!(status.success());
+    assert!(!log.contains("read from its checkpoint"), "{log}");
+    assert_eq!(gets(), 0, "entries were lost across the kill");
+}

@@ -7,6 +7,7 @@
 //! the fetcher gets the bytes from S3 again.
 
 mod blocks;
+mod checkpoint;
 mod entry;
 pub mod format;
 pub mod index;
@@ -127,6 +128,8 @@ struct State {
     versions: BTreeMap<String, Vec<ObjectId>>,
     /// The reverse of `versions`.
     version_of: HashMap<ObjectId, String>,
+    /// A checkpoint of this state is on disk: the next change removes it.
+    checkpointed: bool,
 }
 
 fn version_key(bucket: &str, key: &str) -> String {
@@ -167,6 +170,7 @@ impl BlockCache {
                 full_until: None,
                 versions,
                 version_of,
+                checkpointed: false,
             }),
             on_delete: std::sync::OnceLock::new(),
         })
@@ -274,6 +278,7 @@ impl BlockCache {
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(obj);
         }
+        self.spoil_checkpoint(&mut state);
         let (data_path, idx_path) = self.dir.paths(&id);
         let header = IndexHeader {
             block_size: self.config.block_size,
@@ -411,6 +416,7 @@ impl BlockCache {
 
     /// Deletes an entry's files and accounting (it must not be in use).
     fn forget(&self, state: &mut State, id: ObjectId) {
+        self.spoil_checkpoint(state);
         if let Some(bytes) = state.lru.pop(&id) {
             state.total -= bytes;
         }
@@ -451,6 +457,7 @@ impl BlockCache {
                 Metrics::add(&self.metrics.evicted_bytes, bytes);
             }
         }
+        self.spoil_checkpoint(&mut state);
         state.total += cost;
         if let Some(entry) = state.lru.get_mut(&id) {
             *entry += cost;
@@ -460,6 +467,7 @@ impl BlockCache {
 
     fn release(&self, id: ObjectId, cost: u64) {
         let mut state = self.state.lock().unwrap();
+        self.spoil_checkpoint(&mut state);
         state.total -= cost;
         if let Some(entry) = state.lru.get_mut(&id) {
             *entry -= cost;

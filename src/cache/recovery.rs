@@ -1,12 +1,14 @@
-//! Rebuilding the cache's in-memory state from the directory at mount: nothing is wiped. Leftovers
-//! of a crash (temp files, data without an index) and indexes that fail to parse are deleted;
-//! indexes of a newer format and entries that cannot be read now (an I/O error proves nothing)
-//! are left alone.
+//! Rebuilding the cache's in-memory state from the directory at mount: from the checkpoint the
+//! last writer left when it closed cleanly ([`super::checkpoint`]: one file), else by scanning
+//! every index. Nothing is wiped. Leftovers of a crash (temp files, data without an index) and
+//! indexes that fail to parse are deleted; indexes of a newer format and entries that cannot be
+//! read now (an I/O error proves nothing) are left alone.
 
 use std::collections::{BTreeMap, HashMap};
 
 use lru::LruCache;
 
+use super::checkpoint::{self, CheckpointError, Snapshot};
 use super::format::{self, Layout};
 use super::index::{self, IndexError, ObjectIndex};
 use super::{round_up, version_key, CacheDir, ObjectId};
@@ -14,18 +16,39 @@ use super::{round_up, version_key, CacheDir, ObjectId};
 /// Threads reading index files at mount. Default: 64.
 const SCAN_THREADS: usize = 64;
 
-/// What the scan found: eviction order with each entry's accounted bytes, their sum, and the
+/// What recovery found: eviction order with each entry's accounted bytes, their sum, and the
 /// entry ids of each `bucket\0key`.
-pub(super) struct Recovered {
-    pub lru: LruCache<ObjectId, u64>,
-    pub total: u64,
-    pub versions: BTreeMap<String, Vec<ObjectId>>,
-    pub version_of: HashMap<ObjectId, String>,
+pub(super) type Recovered = Snapshot;
+
+/// Rebuilds the eviction order and size accounting of `dir` (which the caller has locked): from
+/// its checkpoint if that is current, else from the index files. Either way the checkpoint is
+/// removed before the caller changes anything, so a crash from here on leaves none.
+pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
+    let before = dir.lock_stamps().map(|(before, _)| before);
+    let loaded = match before {
+        Some(stamp) => checkpoint::load(dir.root(), &stamp),
+        None => Err(CheckpointError::Missing),
+    };
+    checkpoint::remove(dir.root());
+    match loaded {
+        Ok(snapshot) => {
+            tracing::info!("cache state read from its checkpoint: {} entries", snapshot.lru.len());
+            return Ok(snapshot);
+        }
+        Err(CheckpointError::Missing) => {}
+        Err(e) => tracing::info!("scanning the cache's indexes: {e}"),
+    }
+    scan(dir)
 }
 
-/// Scans `dir` (which the caller has locked) and rebuilds the eviction order and size accounting
-/// from the index files, reading them from [`SCAN_THREADS`] threads.
-pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
+/// A full scan, whatever the checkpoint says (tests compare the two).
+#[cfg(test)]
+pub(super) fn scan_for_tests(dir: &CacheDir) -> std::io::Result<Recovered> {
+    scan(dir)
+}
+
+/// Rebuilds the state from the index files, reading them from [`SCAN_THREADS`] threads.
+fn scan(dir: &CacheDir) -> std::io::Result<Recovered> {
     let (ids, strays) = dir.scan()?;
     for stray in strays {
         tracing::info!("removing leftover cache file {}", stray.display());
@@ -52,7 +75,7 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
         match snapshot {
             Ok(snap) => {
                 let h = &snap.header;
-                versions.entry(version_key(&h.bucket, &h.key)).or_insert_with(Vec::new).push(id);
+                versions.entry(version_key(&h.bucket, &h.key)).or_default().push(id);
                 version_of.insert(id, version_key(&h.bucket, &h.key));
                 let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
                 let data_bytes: u64 = (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| round_up(h.block_len(b) as u64)).sum();

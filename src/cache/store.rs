@@ -99,10 +99,46 @@ impl ObjectId {
     }
 }
 
+/// The state of the lock file that a checkpoint is valid for: every writer rewrites the lock
+/// file with its pid when it takes it, which changes the pid and the mtime and ctime (and, if
+/// the file was recreated, its inode). The pid tells apart two writers whose writes fall in one
+/// tick of a coarse file-system clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockStamp {
+    /// Device of the lock file.
+    pub dev: u64,
+    /// Inode of the lock file.
+    pub ino: u64,
+    /// Last modification, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Last status change, ns since the epoch.
+    pub ctime_ns: i64,
+    /// The pid written in it (0 if it held none).
+    pub pid: u32,
+}
+
+impl LockStamp {
+    fn of(file: &File, pid: u32) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Ok(Self { dev: m.dev(), ino: m.ino(), mtime_ns: ns(m.mtime(), m.mtime_nsec()), ctime_ns: ns(m.ctime(), m.ctime_nsec()), pid })
+    }
+}
+
+/// The lock a writer holds, and the lock file's state before and after it took it.
+struct Held {
+    _file: File,
+    /// As the previous writer left it: a checkpoint made for this stamp is current.
+    before: LockStamp,
+    /// As this writer left it: the stamp a checkpoint written by this process carries.
+    after: LockStamp,
+}
+
 /// An opened cache directory. Holding the exclusive form keeps the lock.
 pub struct CacheDir {
     root: PathBuf,
-    _lock: Option<File>,
+    lock: Option<Held>,
 }
 
 impl CacheDir {
@@ -129,9 +165,14 @@ impl CacheDir {
             let _ = lock.read_to_string(&mut pid);
             return Err(CacheDirError::Locked { path: root.to_path_buf(), pid: pid.trim().to_string() });
         }
+        let mut previous = String::new();
+        let _ = lock.read_to_string(&mut previous);
+        let before = LockStamp::of(&lock, previous.trim().parse().unwrap_or(0)).map_err(io(&lock_path))?;
         lock.set_len(0).map_err(io(&lock_path))?;
+        std::io::Seek::rewind(&mut lock).map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
-        Ok(Self { root: root.to_path_buf(), _lock: Some(lock) })
+        let after = LockStamp::of(&lock, std::process::id()).map_err(io(&lock_path))?;
+        Ok(Self { root: root.to_path_buf(), lock: Some(Held { _file: lock, before, after }) })
     }
 
     /// Opens an existing cache directory for reading only (inspection beside a mount).
@@ -147,7 +188,7 @@ impl CacheDir {
             });
         }
         Self::check_marker(root, false)?;
-        Ok(Self { root: root.to_path_buf(), _lock: None })
+        Ok(Self { root: root.to_path_buf(), lock: None })
     }
 
     /// Whether another process holds the lock right now (a mount is running).
@@ -191,6 +232,12 @@ impl CacheDir {
             }
             Err(source) => Err(CacheDirError::Io { path: marker, source }),
         }
+    }
+
+    /// The lock file's state as the previous writer left it, and as this one left it (`None`
+    /// for a read-only handle).
+    pub fn lock_stamps(&self) -> Option<(LockStamp, LockStamp)> {
+        self.lock.as_ref().map(|h| (h.before, h.after))
     }
 
     /// The directory.

@@ -269,7 +269,9 @@ fn verify(a: &FilterArgs) -> Result<bool> {
     let rt = runtime()?;
     let cache =
         rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
-    let report = rt.block_on(inspect::verify(Arc::new(cache), &filter, 8));
+    let cache = Arc::new(cache);
+    let report = rt.block_on(inspect::verify(cache.clone(), &filter, 8));
+    cache.checkpoint();
     if a.common.json {
         print_json(&report)?;
     } else {
@@ -298,6 +300,7 @@ fn evict(a: &EvictArgs) -> Result<bool> {
     let cache =
         rt.block_on(async { inspect::open_for_writing(&a.common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
     let report = inspect::evict(&cache, &what);
+    cache.checkpoint();
     if a.common.json {
         print_json(&report)?;
     } else {
@@ -355,9 +358,11 @@ fn warm(a: WarmArgs) -> Result<bool> {
         Fetcher::new(client, cache.clone(), metrics.clone(), limits)
     };
     if let Some(shared) = a.shared.config()? {
-        rt.block_on(attach_s3(&fetcher, shared, &a.s3.config(bucket.clone()), cache, metrics.clone(), policy.mode));
+        rt.block_on(attach_s3(&fetcher, shared, &a.s3.config(bucket.clone()), cache.clone(), metrics.clone(), policy.mode));
     }
     let report = rt.block_on(crate::warm::warm(fetcher, metrics, policy, objects, a.parallel_objects, bar));
+    cache.flush();
+    cache.checkpoint();
     if a.common.json {
         print_json(&report)?;
     } else {

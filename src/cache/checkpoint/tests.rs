@@ -1,0 +1,156 @@
+//! The checkpoint: round trip, the reopen that uses it, and every way it must be refused.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::*;
+use crate::cache::{BlockCache, CacheConfig, CacheDir};
+use crate::io::{probe, EngineChoice};
+use crate::metrics::Metrics;
+
+fn open(dir: &Path) -> BlockCache {
+    let config = CacheConfig { block_size: 4096, ..CacheConfig::default() };
+    BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), Arc::new(Metrics::default()), config)
+        .unwrap()
+}
+
+/// Fills a cache with `n` objects of one to three blocks (two keys with two versions each).
+async fn fill(cache: &BlockCache, n: usize) {
+    for i in 0..n {
+        let key = format!("train/class{}/img{i}.jpg", i % 3);
+        for etag in if i < 2 { vec!["\"a\"", "\"b\""] } else { vec!["\"a\""] } {
+            let info = crate::object::ObjectInfo {
+                key: key.clone(),
+                size: 4096 * (1 + i as u64 % 3),
+                etag: etag.into(),
+                last_modified: SystemTime::now(),
+            };
+            let obj = cache.create("bucket", &info, crate::checksum::ObjectChecksum::none()).unwrap();
+            for b in 0..obj.block_count() {
+                let data = bytes::Bytes::from(vec![i as u8; 4096]);
+                let hash = crate::checksum::block_hash(&data);
+                cache.write_block(&obj, b, data, hash, 0).await;
+            }
+        }
+    }
+}
+
+/// What a reopened cache believes: eviction order with bytes, total, versions.
+fn state_of(cache: &BlockCache) -> (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>) {
+    let s = cache.state.lock().unwrap();
+    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone())
+}
+
+/// The state a full scan finds (the checkpoint set aside).
+fn scanned(dir: &Path) -> (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>) {
+    let held = CacheDir::open_exclusive(dir).unwrap();
+    let r = crate::cache::recovery::scan_for_tests(&held).unwrap();
+    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions)
+}
+
+#[test]
+fn encoding_round_trips_and_any_flipped_byte_is_refused() {
+    let stamp = LockStamp { dev: 1, ino: 2, mtime_ns: 3, ctime_ns: 4, pid: 5 };
+    let mut lru = LruCache::unbounded();
+    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    for i in 0..50u8 {
+        let vkey = format!("b\0dir/{}/file{}", i % 4, i / 2);
+        let id = ObjectId::new("b", &vkey, &i.to_string());
+        lru.put(id, 4096 * (i as u64 + 1));
+        versions.entry(vkey).or_default().push(id);
+    }
+    let bytes = encode(&stamp, &lru, &versions).unwrap();
+    let back = decode(&bytes, &stamp).unwrap();
+    assert_eq!(back.lru.iter().collect::<Vec<_>>(), lru.iter().collect::<Vec<_>>(), "eviction order and bytes");
+    assert_eq!(back.versions, versions);
+    assert_eq!(back.total, lru.iter().map(|(_, b)| b).sum::<u64>());
+    assert!(matches!(decode(&bytes, &LockStamp { pid: 6, ..stamp }), Err(CheckpointError::Stale)));
+    for at in [0, 9, 20, 70, bytes.len() / 2, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 1;
+        assert!(decode(&bad, &stamp).is_err(), "flipped byte {at} accepted");
+    }
+    assert!(decode(&bytes[..bytes.len() - 7], &stamp).is_err(), "torn file accepted");
+}
+
+/// A cleanly closed cache reopens from its checkpoint to exactly the state a full scan finds,
+/// and the checkpoint is gone from the directory as soon as the new writer holds it.
+#[tokio::test]
+async fn a_clean_close_reopens_to_the_scanned_state_from_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = open(dir.path());
+        fill(&cache, 20).await;
+        cache.checkpoint();
+        assert!(dir.path().join(CHECKPOINT).exists());
+    }
+    let expected = scanned(dir.path()); // takes and rewrites the lock: the checkpoint is stale now
+    let (lru, total, versions) = expected.clone();
+    assert_eq!(lru.len(), 22);
+    {
+        let cache = open(dir.path());
+        assert!(!dir.path().join(CHECKPOINT).exists(), "stale checkpoint left behind");
+        assert_eq!(state_of(&cache), (lru.clone(), total, versions.clone()), "scan after a stale checkpoint");
+        cache.checkpoint();
+    }
+    // Prove the checkpoint, not a scan, rebuilt the state: delete an index behind its back. A
+    // scan would not find that entry; the checkpoint still lists it (its next open misses and
+    // refetches, as for any entry whose files vanished).
+    let gone = lru[0].0;
+    std::fs::remove_file(CacheDir::open_read_only(dir.path()).unwrap().paths(&gone).1).unwrap();
+    let cache = open(dir.path());
+    assert!(!dir.path().join(CHECKPOINT).exists(), "the checkpoint must go before anything changes");
+    assert_eq!(state_of(&cache), (lru, total, versions));
+}
+
+/// A writer that does not write a checkpoint (a crash, an older hoardfs) leaves the previous
+/// one unusable; so does a change after the checkpoint was written.
+#[tokio::test]
+async fn a_checkpoint_is_refused_after_any_other_writer_or_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join(crate::cache::store::LOCK);
+    {
+        let cache = open(dir.path());
+        fill(&cache, 5).await;
+        cache.checkpoint();
+    }
+    // An older hoardfs takes the lock, writes its pid and changes the cache without knowing of
+    // checkpoints.
+    let saved = std::fs::read(dir.path().join(CHECKPOINT)).unwrap();
+    std::fs::write(&lock, "1").unwrap();
+    let stamp = CacheDir::open_exclusive(dir.path()).unwrap().lock_stamps().unwrap().0;
+    assert!(matches!(decode(&saved, &stamp), Err(CheckpointError::Stale)), "another writer's pid must spoil the checkpoint");
+
+    // A change after the checkpoint removes it.
+    let cache = open(dir.path());
+    cache.checkpoint();
+    assert!(dir.path().join(CHECKPOINT).exists());
+    fill(&cache, 6).await;
+    assert!(!dir.path().join(CHECKPOINT).exists(), "a change left the checkpoint in place");
+    drop(cache);
+    // A crash: the writer never checkpoints, and the next one scans.
+    let before = scanned(dir.path());
+    let cache = open(dir.path());
+    assert_eq!(state_of(&cache), before);
+}
+
+/// The vector written by `cache-format/gen_vectors.py` from the spec alone: parsed to what the
+/// spec says it holds, and encoded back to the same bytes.
+#[test]
+fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/checkpoint-v1.bin");
+    let bytes = std::fs::read(path).unwrap();
+    let stamp = LockStamp { dev: 7, ino: 11, mtime_ns: 1_700_000_000_123_456_789, ctime_ns: 1_700_000_000_987_654_321, pid: 4242 };
+    let back = decode(&bytes, &stamp).unwrap();
+    let id = |key: &str, etag: &str| ObjectId::new("b", key, etag);
+    let (e1, e2, e3) = (id("data/a.bin", "\"e1\""), id("data/a.bin", "\"e2\""), id("data/ab.bin", "\"e3\""));
+    // Least recently used first: ranks 0, 1, 2.
+    let order: Vec<(ObjectId, u64)> = back.lru.iter().rev().map(|(id, b)| (*id, *b)).collect();
+    assert_eq!(order, vec![(e2, 4096), (e3, 12288), (e1, 8192)]);
+    assert_eq!(back.total, 24576);
+    let versions: BTreeMap<String, Vec<ObjectId>> =
+        [("b\0data/a.bin".to_string(), vec![e1, e2]), ("b\0data/ab.bin".to_string(), vec![e3])].into();
+    assert_eq!(back.versions, versions);
+    assert_eq!(back.version_of[&e3], "b\0data/ab.bin");
+    assert_eq!(encode(&stamp, &back.lru, &back.versions).unwrap(), bytes);
+}
