@@ -233,15 +233,17 @@ impl BlockCache {
     }
 
     /// The entry for an object version if the cache has one (opening its files), else `None`.
-    /// A damaged entry is deleted and reported as absent.
+    /// A damaged entry is deleted and reported as absent. The files are opened and the index
+    /// read without the cache's lock (a cold index read is a random disk read, and opens of
+    /// different objects must not queue behind each other); callers on an async runtime run
+    /// this on a blocking thread.
     pub fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
         if let Some(obj) = self.open_in_memory(bucket, info) {
             return Ok(Some(obj));
         }
         let id = ObjectId::new(bucket, &info.key, &info.etag);
-        let mut state = self.state.lock().unwrap();
         let (data_path, idx_path) = self.dir.paths(&id);
-        let index = match Self::shedding_on_emfile(&mut state, || ObjectIndex::open(&idx_path)) {
+        let index = match self.retrying_on_emfile(|| ObjectIndex::open(&idx_path)) {
             Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
             Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // Out of descriptors, or a transient I/O error: the entry is not damaged. Report it
@@ -249,16 +251,32 @@ impl BlockCache {
             Err(e @ IndexError::Io { .. }) => return Err(e.into()),
             Ok(_) => {
                 tracing::warn!("cache entry {} does not describe s3://{bucket}/{}; replacing it", idx_path.display(), info.key);
-                self.forget(&mut state, id);
-                return Ok(None);
+                return self.forget_unless_open(id);
             }
             Err(e @ IndexError::Format { .. }) => {
                 tracing::warn!("replacing damaged cache entry: {e}");
-                self.forget(&mut state, id);
-                return Ok(None);
+                return self.forget_unless_open(id);
             }
         };
-        self.activate(&mut state, id, index, data_path).map(Some)
+        let data = self
+            .retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path))
+            .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
+        let mut state = self.state.lock().unwrap();
+        // Another opener of the same version may have got there first: one entry per version.
+        if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
+            return Ok(Some(obj));
+        }
+        Ok(Some(self.activate(&mut state, id, index, data, data_path)))
+    }
+
+    /// Deletes a damaged entry, unless someone holds it open by now (then it is theirs to use).
+    fn forget_unless_open(&self, id: ObjectId) -> Result<Option<Arc<CachedObject>>, CacheError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
+            return Ok(Some(obj));
+        }
+        self.forget(&mut state, id);
+        Ok(None)
     }
 
     /// Creates the entry for an object version with what S3 offers to verify it against. The
@@ -307,18 +325,19 @@ impl BlockCache {
         if index.header().checksum.algorithm == crate::checksum::Algorithm::None {
             index.set_verify_state(VerifyState::Unverifiable);
         }
-        self.activate(&mut state, id, index, data_path)
+        let data = Self::shedding_on_emfile(&mut state, || OpenOptions::new().read(true).write(true).open(&data_path)).map_err(io_err)?;
+        Ok(self.activate(&mut state, id, index, data, data_path))
     }
 
+    /// Makes an opened entry live: in the open map, the warm set and the eviction order.
     fn activate(
         &self,
         state: &mut State,
         id: ObjectId,
         mut index: ObjectIndex,
+        data: std::fs::File,
         data_path: std::path::PathBuf,
-    ) -> Result<Arc<CachedObject>, CacheError> {
-        let data = Self::shedding_on_emfile(state, || OpenOptions::new().read(true).write(true).open(&data_path))
-            .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
+    ) -> Arc<CachedObject> {
         index.touch(now_secs());
         let header = index.header().clone();
         let words = header.block_count().div_ceil(64) as usize;
@@ -359,7 +378,16 @@ impl BlockCache {
         }
         state.open.insert(id, Arc::downgrade(&obj));
         state.warm.put(id, obj.clone());
-        Ok(obj)
+        obj
+    }
+
+    /// Runs `open` without the lock; if the process is out of descriptors, sheds idle entries
+    /// under the lock and tries again there (see [`Self::shedding_on_emfile`]).
+    fn retrying_on_emfile<T, E: ExhaustsFds>(&self, mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        match open() {
+            Err(e) if e.exhausts_fds() => Self::shedding_on_emfile(&mut self.state.lock().unwrap(), open),
+            other => other,
+        }
     }
 
     /// Runs `open`; if the process is out of descriptors, closes up to [`SHED_ON_EMFILE`] idle

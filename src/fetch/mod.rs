@@ -365,7 +365,7 @@ impl Fetcher {
     /// outer error is S3's, the inner the cache's (the caller may then read uncached).
     pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
         let bucket = self.client.bucket().to_string();
-        if let Ok(Some(obj)) = self.cache.open_existing(&bucket, info) {
+        if let Ok(Some(obj)) = self.open_existing(&bucket, info).await {
             return Ok(Ok(Entry::existing(obj)));
         }
         let id = (info.key.clone(), info.etag.clone());
@@ -381,9 +381,23 @@ impl Fetcher {
         result
     }
 
+    /// [`BlockCache::open_existing`], on a blocking thread unless the entry is in memory: a
+    /// cold index read is a random disk read, which must not stall a runtime worker (opens of
+    /// many objects then overlap on the disk, as the readers' own reads do).
+    async fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
+        if let Some(obj) = self.cache.open_in_memory(bucket, info) {
+            return Ok(Some(obj));
+        }
+        let (cache, bucket, info) = (self.cache.clone(), bucket.to_string(), info.clone());
+        let path = format!("the cache entry of s3://{bucket}/{}", info.key);
+        tokio::task::spawn_blocking(move || cache.open_existing(&bucket, &info))
+            .await
+            .unwrap_or_else(|e| Err(CacheError::Io { path, source: std::io::Error::other(e) }))
+    }
+
     /// [`Fetcher::entry`] under its object's lock: a waiter finds the entry its predecessor made.
     async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
-        match self.cache.open_existing(bucket, info) {
+        match self.open_existing(bucket, info).await {
             Ok(Some(obj)) => return Ok(Ok(Entry::existing(obj))),
             Ok(None) => {}
             Err(e) => return Ok(Err(e)),
