@@ -66,6 +66,7 @@ pub struct FuseAdapter {
     passthrough: Arc<Passthrough>,
     /// The prefetch control file's queue; `None` when hints are off (the mount is then `ro`).
     hints: Option<Arc<HintQueue>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Attributes of the prefetch control file: write-only, always empty.
@@ -92,8 +93,9 @@ impl FuseAdapter {
             owner: Owner { uid, gid, ttl: attr_ttl },
             want_passthrough: passthrough.is_some(),
             stack_depth: if on_overlayfs(cache_dir) { 2 } else { 1 },
-            passthrough: Arc::new(Passthrough::new(passthrough.unwrap_or(0), metrics)),
+            passthrough: Arc::new(Passthrough::new(passthrough.unwrap_or(0), metrics.clone())),
             hints,
+            metrics,
         }
         .releasing_deleted_backings()
     }
@@ -159,6 +161,13 @@ fn errno(e: i32) -> Errno {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Every directory read carries each entry's attributes (READDIRPLUS; fuser does not ask
+        // for it by default), so `ls -l`, `find -size` and a dataset's scan of its files get them
+        // with the listing instead of one LOOKUP round trip per entry. Always, not the kernel's
+        // adaptive mode: hoardfs has every listed entry's attributes in memory anyway.
+        if config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS).is_err() {
+            tracing::info!("this kernel does not offer READDIRPLUS; each listed entry is looked up on its own");
+        }
         if self.want_passthrough {
             let accepted =
                 config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(self.stack_depth).is_ok();
@@ -180,6 +189,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Metrics::add(&self.metrics.fuse_lookups, 1);
         let Some(name) = name.to_str().map(str::to_owned) else { return reply.error(Errno::ENOENT) };
         let owner = self.owner;
         if parent.0 == ROOT_INO && name == CONTROL_NAME && self.hints.is_some() {

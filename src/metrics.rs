@@ -52,6 +52,7 @@ metrics! {
     shared_rejects => "hoardfs_shared_rejects_total", "Shared tier copies that failed a check (blake3, identity or the origin's checksum); never served.";
     shared_puts => "hoardfs_shared_puts_total", "Verified blocks written to the shared tier.";
     shared_put_failures => "hoardfs_shared_put_failures_total", "Blocks not written to the shared tier (queue full, read-back or PUT failed); dropped.";
+    fuse_lookups => "hoardfs_fuse_lookups_total", "LOOKUP requests from the kernel (names it did not get from a directory read).";
     passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
 }
 

@@ -147,3 +147,22 @@ fn a_directory_opened_by_path_is_answered_from_its_stored_listing_after_remount(
     assert!(second.metric(|x| &x.s3_head_requests) > h0);
     second.unmount();
 }
+
+/// A walk that stats every entry (`find -size`, `ls -l`, a dataset indexing its files) gets the
+/// attributes with the directory reads (READDIRPLUS): the kernel sends no LOOKUP per file.
+#[test]
+fn a_walk_that_stats_every_file_costs_no_lookup_per_file() {
+    let server = S3Server::start();
+    let objects = dataset();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("plus", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::new(&server, "plus", &tmp.path().join("cache"), tmp.path());
+    let mut names: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+    names.sort();
+    assert_eq!(walk(&mount.mountpoint), names);
+    // Five directories (train and its four classes) may be looked up on the way down; none of
+    // the forty files.
+    let lookups = mount.metric(|m| &m.fuse_lookups);
+    assert!(lookups <= 5, "{lookups} LOOKUPs for a walk of 40 files in 5 directories");
+}
