@@ -365,8 +365,11 @@ impl Fetcher {
     /// outer error is S3's, the inner the cache's (the caller may then read uncached).
     pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
         let bucket = self.client.bucket().to_string();
-        if let Ok(Some(obj)) = self.open_existing(&bucket, info).await {
-            return Ok(Ok(Entry::existing(obj)));
+        match self.open_existing(&bucket, info).await {
+            Ok(Some(obj)) => return Ok(Ok(Entry::existing(obj))),
+            Ok(None) => {}
+            // Present but not openable now (out of descriptors, an I/O error): read uncached.
+            Err(e) => return Ok(Err(e)),
         }
         let id = (info.key.clone(), info.etag.clone());
         let lock = Arc::clone(self.creating.lock().unwrap().entry(id.clone()).or_default());
@@ -397,10 +400,10 @@ impl Fetcher {
 
     /// [`Fetcher::entry`] under its object's lock: a waiter finds the entry its predecessor made.
     async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
-        match self.open_existing(bucket, info).await {
-            Ok(Some(obj)) => return Ok(Ok(Entry::existing(obj))),
-            Ok(None) => {}
-            Err(e) => return Ok(Err(e)),
+        // Only memory needs a second look: a creator that got here first made its entry live
+        // before it let go of the lock, and `BlockCache::create` checks the disk itself.
+        if let Some(obj) = self.cache.open_in_memory(bucket, info) {
+            return Ok(Ok(Entry::existing(obj)));
         }
         // With a shared tier to read, the entry is made from a HEAD and the block then loaded
         // like any other (tier first); without one, the whole-object GET below saves the HEAD.
