@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cache::format::VerifyState;
 use crate::cache::index::ObjectIndex;
 use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
-use crate::cache::{BlockCache, CacheConfig, CacheDir, CacheDirError};
+use crate::cache::{read_snapshots, BlockCache, CacheConfig, CacheDir, CacheDirError};
 use crate::checksum::{block_crc, Algorithm};
 use crate::io::{probe, EngineChoice};
 use crate::metrics::Metrics;
@@ -63,8 +63,8 @@ pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryRep
     let (ids, _) = dir.scan()?;
     let mut out = Vec::new();
     let mut unreadable = 0;
-    for id in ids {
-        let Ok(snap) = ObjectIndex::read_snapshot(&dir.paths(&id).1) else {
+    for (_, snap) in read_snapshots(dir, &ids) {
+        let Ok(snap) = snap else {
             unreadable += 1;
             continue;
         };
@@ -178,20 +178,53 @@ fn scrape(addr: &str) -> Option<Vec<(String, u64)>> {
 
 /// Bytes the files under `root` take on disk: allocated blocks, so a sparse data file counts
 /// only the blocks it holds. What the size limit is about, and what tests compare it with.
+/// The subdirectories found are walked from several threads (a cache dir's 256 shards hold one
+/// inode per file, and a cold `stat` of each is a small random read).
 pub fn disk_usage(root: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.blocks() * 512,
-                Err(_) => {}
+    const THREADS: usize = 16;
+    let walk = |dirs: &[std::path::PathBuf]| {
+        let (mut total, mut stack) = (0, dirs.to_vec());
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => total += m.blocks() * 512,
+                    Err(_) => {}
+                }
             }
         }
+        total
+    };
+    // The files at the top, then every directory two levels down (the shards), in parallel.
+    let mut total = 0;
+    let mut second = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => {
+                for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    match sub.metadata() {
+                        Ok(m) if m.is_dir() => second.push(sub.path()),
+                        Ok(m) => total += m.blocks() * 512,
+                        Err(_) => {}
+                    }
+                }
+            }
+            Ok(m) => total += m.blocks() * 512,
+            Err(_) => {}
+        }
     }
+    let per = second.len().div_ceil(THREADS).max(1);
     total
+        + std::thread::scope(|s| {
+            second
+                .chunks(per)
+                .map(|part| s.spawn(move || walk(part)))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .sum::<u64>()
+        })
 }
 
 /// What `cache verify` found.

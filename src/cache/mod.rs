@@ -28,6 +28,7 @@ use crate::object::ObjectInfo;
 pub use entry::CachedObject;
 use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
+pub use recovery::read_snapshots;
 use recovery::Recovered;
 pub use store::{CacheDir, CacheDirError, ObjectId};
 

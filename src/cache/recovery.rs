@@ -57,19 +57,7 @@ fn scan(dir: &CacheDir) -> std::io::Result<Recovered> {
     let mut entries = Vec::with_capacity(ids.len());
     let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
     let mut version_of = HashMap::new();
-    // Index files are small random reads: issue them from several threads, which a cold
-    // NVMe (or any SSD) serves far faster than one at a time.
-    let snapshots: Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)> = {
-        let chunk = ids.len().div_ceil(SCAN_THREADS).max(1);
-        std::thread::scope(|s| {
-            let dir = &dir;
-            let handles: Vec<_> = ids
-                .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>()))
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        })
-    };
+    let snapshots = read_snapshots(dir, &ids);
     for (id, snapshot) in snapshots {
         let (data, idx) = dir.paths(&id);
         match snapshot {
@@ -106,6 +94,20 @@ fn scan(dir: &CacheDir) -> std::io::Result<Recovered> {
         total += bytes;
     }
     Ok(Recovered { lru, total, versions, version_of })
+}
+
+/// Reads the indexes of `ids` with plain reads, from [`SCAN_THREADS`] threads: index files are
+/// small random reads, which a cold NVMe (or any SSD) serves far faster many at a time than one
+/// after another. For the scan at mount and for the inspection commands.
+pub fn read_snapshots(dir: &CacheDir, ids: &[ObjectId]) -> Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)> {
+    let chunk = ids.len().div_ceil(SCAN_THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
 }
 
 /// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
