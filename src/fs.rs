@@ -212,7 +212,7 @@ impl HoardFs {
     /// attributes, at most `max`.
     pub fn readdir_from(&self, fh: u64, from: usize, max: usize) -> Result<Vec<(String, Attr)>, FsError> {
         let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
-        Ok(entries.get(from..).unwrap_or_default().iter().take(max).map(|DirEntry { name, node }| (name.clone(), Attr::of(node))).collect())
+        Ok(self.meta.map_entries(entries.get(from..).unwrap_or_default().iter().take(max), |name, node| (name.to_string(), Attr::of(node))))
     }
 
     /// Forgets directory handle `fh`.

@@ -47,13 +47,15 @@ pub struct Node {
     pub learned: Instant,
 }
 
-/// One entry of a directory listing.
+/// One entry of a directory listing: its name and inode, whose facts live once, in the inode
+/// table (a listing used to hold a copy of every entry's node, key and ETag included: about a
+/// quarter of a million-object mount's memory).
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     /// File name.
     pub name: String,
-    /// The node.
-    pub node: Node,
+    /// The inode.
+    pub ino: u64,
 }
 
 /// Metadata errors, mapped to errno by the `fs` layer.
@@ -167,10 +169,8 @@ impl Meta {
         // A stored listing of the parent (fresh, or any age if S3 fails) answers without requests.
         if self.store.as_ref().is_some_and(|s| s.exists(&prefix)) {
             let entries = self.readdir(parent).await?;
-            return entries
-                .binary_search_by(|e| e.name.as_str().cmp(name))
-                .map(|i| entries[i].node.clone())
-                .map_err(|_| MetaError::NotFound);
+            let i = entries.binary_search_by(|e| e.name.as_str().cmp(name)).map_err(|_| MetaError::NotFound)?;
+            return self.node(entries[i].ino);
         }
         let key = format!("{prefix}{name}");
         let dir_prefix = format!("{key}/");
@@ -212,12 +212,7 @@ impl Meta {
         let tables = self.tables.lock().unwrap();
         if let Some(listing) = tables.listings.get(&parent).filter(|l| self.fresh(l.learned)) {
             let found = listing.entries.binary_search_by(|e| e.name.as_str().cmp(name)).ok();
-            return Some(
-                found
-                    .map(|i| &listing.entries[i].node)
-                    .map(|n| tables.nodes.get(&n.ino).cloned().unwrap_or_else(|| n.clone()))
-                    .ok_or(MetaError::NotFound),
-            );
+            return Some(found.and_then(|i| tables.nodes.get(&listing.entries[i].ino).cloned()).ok_or(MetaError::NotFound));
         }
         if tables.negative.get(&(parent, name.to_string())).is_some_and(|t| self.fresh(*t)) {
             return Some(Err(MetaError::NotFound));
@@ -347,16 +342,23 @@ impl Meta {
             if files.remove(&name).is_some() {
                 tracing::warn!("s3 key {prefix}{name} is both an object and a prefix; showing the directory");
             }
-            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::Dir { prefix: p }, learned) });
+            entries.push(DirEntry { name, ino: Self::intern(&mut tables, NodeKind::Dir { prefix: p }, learned).ino });
         }
         for (name, info) in files {
-            entries.push(DirEntry { name, node: Self::intern(&mut tables, NodeKind::File { info }, learned) });
+            entries.push(DirEntry { name, ino: Self::intern(&mut tables, NodeKind::File { info }, learned).ino });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let entries = Arc::new(entries);
         tables.listings.insert(ino, Listing { entries: entries.clone(), learned });
         tables.negative.retain(|(p, _), _| *p != ino);
         entries
+    }
+
+    /// `f` of each of `entries` and its node, under one lock (a page of a directory read). An
+    /// entry whose inode is unknown (never: nodes are not removed) is skipped.
+    pub fn map_entries<'a, T>(&self, entries: impl Iterator<Item = &'a DirEntry>, f: impl Fn(&str, &Node) -> T) -> Vec<T> {
+        let tables = self.tables.lock().unwrap();
+        entries.filter_map(|e| tables.nodes.get(&e.ino).map(|n| f(&e.name, n))).collect()
     }
 
     /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
