@@ -13,7 +13,7 @@ dropped, the daemon's RSS after each phase and its peak, the cache dir's bytes a
 time of `hoardfs cache stat` and `cache ls`. `--systems hoardfs,rclone,s3fs` adds the peers.
 
 What that server lacks (so what this benchmark cannot show): it streams bodies in 4 KiB chunks,
-which caps large GETs (the direct-GET row says how fast it is for these objects); it ignores If-Match, has no GetObjectAttributes, lists no ETags, and stores no
+which caps large GETs (the direct-GET row says how fast it is for these objects); it ignores If-Match, has no GetObjectAttributes, lists no ETags (benches/s3-server adds them), and stores no
 additional checksums for objects written to its directory directly, so every object is verified
 by its MD5 ETag. Cold rows measure s3s-fs as much as hoardfs; warm, remount, listing-after-remount,
 memory and cache-dir rows do not touch the server.
