@@ -4,8 +4,8 @@
 //! remount read 100,000 index files).
 //!
 //! It is a cache of the indexes, never the only copy of anything: it is trusted only if the
-//! directory's lock file is exactly as the closing process left it (same inode, mtime and ctime,
-//! see [`LockStamp`]). Every writer rewrites the lock file when it takes it, an older hoardfs
+//! directory's lock file is exactly as the closing process left it (same pid, inode, mtime and
+//! ctime, see [`LockStamp`]). Every writer rewrites the lock file when it takes it, an older hoardfs
 //! included, so a checkpoint is stale as soon as anyone else has written the directory; a crash
 //! leaves the lock rewritten by the crashed process, so its checkpoint is stale too. A stale,
 //! torn or unparsable checkpoint means a full scan, as before. The byte layout is specified in
@@ -218,7 +218,8 @@ impl<'a> Reader<'a> {
 
 impl super::BlockCache {
     /// Writes the checkpoint of the current state, for the next writer to start from; called
-    /// when the cache is closed cleanly (unmount, end of `cache warm`), after fetches drained.
+    /// when the cache is closed cleanly (unmount, end of `cache warm`, `verify`, `evict`), after
+    /// fetches drained.
     /// Should anything change afterwards, the change removes it first.
     pub fn checkpoint(&self) {
         let Some((_, stamp)) = self.dir.lock_stamps() else { return };

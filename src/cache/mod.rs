@@ -267,6 +267,11 @@ impl BlockCache {
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(Some(obj));
         }
+        // Evicted while its files were being opened (they are unlinked now): absent, so the
+        // caller makes a new entry rather than living on in deleted files nobody accounts for.
+        if !state.lru.contains(&id) {
+            return Ok(None);
+        }
         Ok(Some(self.activate(&mut state, id, index, data, data_path)))
     }
 
