@@ -181,43 +181,31 @@ fn scrape(addr: &str) -> Option<Vec<(String, u64)>> {
 /// The subdirectories found are walked from several threads (a cache dir's 256 shards hold one
 /// inode per file, and a cold `stat` of each is a small random read).
 pub fn disk_usage(root: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     const THREADS: usize = 16;
+    // The top two levels in this thread, then every directory below (the shards) in parallel.
+    let (mut total, mut pending) = (0, vec![root.to_path_buf()]);
+    for _ in 0..2 {
+        let mut next = Vec::new();
+        for d in pending {
+            let (bytes, subdirs) = usage_of_one_dir(&d);
+            total += bytes;
+            next.extend(subdirs);
+        }
+        pending = next;
+    }
     let walk = |dirs: &[std::path::PathBuf]| {
         let (mut total, mut stack) = (0, dirs.to_vec());
         while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-                match e.metadata() {
-                    Ok(m) if m.is_dir() => stack.push(e.path()),
-                    Ok(m) => total += m.blocks() * 512,
-                    Err(_) => {}
-                }
-            }
+            let (bytes, subdirs) = usage_of_one_dir(&d);
+            total += bytes;
+            stack.extend(subdirs);
         }
         total
     };
-    // The files at the top, then every directory two levels down (the shards), in parallel.
-    let mut total = 0;
-    let mut second = Vec::new();
-    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        match e.metadata() {
-            Ok(m) if m.is_dir() => {
-                for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
-                    match sub.metadata() {
-                        Ok(m) if m.is_dir() => second.push(sub.path()),
-                        Ok(m) => total += m.blocks() * 512,
-                        Err(_) => {}
-                    }
-                }
-            }
-            Ok(m) => total += m.blocks() * 512,
-            Err(_) => {}
-        }
-    }
-    let per = second.len().div_ceil(THREADS).max(1);
+    let per = pending.len().div_ceil(THREADS).max(1);
     total
         + std::thread::scope(|s| {
-            second
+            pending
                 .chunks(per)
                 .map(|part| s.spawn(move || walk(part)))
                 .collect::<Vec<_>>()
@@ -225,6 +213,20 @@ pub fn disk_usage(root: &std::path::Path) -> u64 {
                 .map(|h| h.join().unwrap_or(0))
                 .sum::<u64>()
         })
+}
+
+/// Allocated bytes of the files directly in `dir`, and its subdirectories.
+fn usage_of_one_dir(dir: &std::path::Path) -> (u64, Vec<std::path::PathBuf>) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut subdirs) = (0, Vec::new());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => subdirs.push(e.path()),
+            Ok(m) => bytes += m.blocks() * 512,
+            Err(_) => {}
+        }
+    }
+    (bytes, subdirs)
 }
 
 /// What `cache verify` found.
