@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the format-v1 test vectors from the prose in README.md alone.
+"""Writes the format-v1 test vectors (and checkpoint v2) from the prose in README.md alone.
 
 This is a second, independent implementation of the index encoding: the Rust tests parse what
 this script writes, so the spec, not just the Rust code, is what the vectors pin down.
@@ -64,14 +64,15 @@ def object_id(bucket, key, etag):
 
 
 def checkpoint(lock, entries):
-    """`lock` is (dev, ino, mtime_ns, ctime_ns, pid); `entries` (bucket, key, etag, bytes, rank)."""
+    """`lock` is (dev, ino, mtime_ns, ctime_ns, pid); `entries` (bucket, key, etag, bytes, rank, image)."""
     dev, ino, mtime_ns, ctime_ns, pid = lock
     out = bytearray(b"HOARDCKP")
-    out += struct.pack("<II", 1, pid)
+    out += struct.pack("<II", 2, pid)
     out += struct.pack("<QQqqQQ", dev, ino, mtime_ns, ctime_ns, len(entries), sum(e[3] for e in entries))
     groups = {}
-    for bucket, key, etag, size, rank in entries:
-        groups.setdefault((bucket + "\0" + key).encode(), []).append((bytes.fromhex(object_id(bucket, key, etag)), size, rank))
+    for bucket, key, etag, size, rank, image in entries:
+        oid = bytes.fromhex(object_id(bucket, key, etag))
+        groups.setdefault((bucket + "\0" + key).encode(), []).append((oid, size, rank, image))
     previous = b""
     for vkey in sorted(groups):
         shared = 0
@@ -79,10 +80,17 @@ def checkpoint(lock, entries):
             shared += 1
         out += struct.pack("<HH", shared, len(vkey) - shared) + vkey[shared:]
         out += struct.pack("<I", len(groups[vkey]))
-        for oid, size, rank in groups[vkey]:
-            out += oid + struct.pack("<QI", size, rank)
+        for oid, size, rank, image in groups[vkey]:
+            out += oid + struct.pack("<QII", size, rank, len(image)) + image
         previous = vkey
     return bytes(out) + blake3(bytes(out)).digest()
+
+
+def small_index(bucket, key, etag, size, present, _unused):
+    """The index of an object of `size` bytes in 4 KiB blocks with blocks `present` (of 0x5A)."""
+    hdr, count = header(4096, size, 1_700_000_000_000, 0, 0, [], bucket, key, etag, "")
+    blocks = {b: (b"\x5a" * min(4096, size - b * 4096), 0) for b in present}
+    return index(hdr, count, 1_700_000_200 + len(present), 0, blocks)
 
 
 def main():
@@ -109,10 +117,13 @@ def main():
     blocks = {b: (content[b * 4096:(b + 1) * 4096], 0) for b in range(count)}
     (shard / f"{oid}.idx").write_bytes(index(hdr, count, 1_700_000_100, 2, blocks))
     print("object id", oid)
-    # 4. A checkpoint of three entries under two keys, for a lock file in the state below.
-    entries = [("b", "data/a.bin", '"e1"', 8192, 2), ("b", "data/a.bin", '"e2"', 4096, 0),
-               ("b", "data/ab.bin", '"e3"', 12288, 1)]
-    (HERE / "checkpoint-v1.bin").write_bytes(checkpoint((7, 11, 1_700_000_000_123_456_789, 1_700_000_000_987_654_321, 4242), entries))
+    # 4. A checkpoint of three entries under two keys, for a lock file in the state below, each
+    #    with its index image (accounted bytes: the index's 4 KiB plus 4 KiB per present block).
+    (HERE / "checkpoint-v1.bin").unlink(missing_ok=True)
+    entries = [("b", "data/a.bin", '"e1"', 8192, 2, small_index("b", "data/a.bin", '"e1"', 4096, [0], 0)),
+               ("b", "data/a.bin", '"e2"', 4096, 0, small_index("b", "data/a.bin", '"e2"', 4096, [], 0)),
+               ("b", "data/ab.bin", '"e3"', 12288, 1, small_index("b", "data/ab.bin", '"e3"', 8000, [0, 1], 0))]
+    (HERE / "checkpoint-v2.bin").write_bytes(checkpoint((7, 11, 1_700_000_000_123_456_789, 1_700_000_000_987_654_321, 4242), entries))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ fn an_overwrite_in_s3_never_mixes_two_versions() {
 /// one file instead of every index and serves every byte with no GET; the checkpoint is gone
 /// while a mount runs, so a mount killed with -9 leaves none, and the next one scans.
 #[test]
-fn a_clean_unmount_leaves_a_checkpoint_and_a_kill_9_leaves_none() {
+fn a_clean_unmount_leaves_a_checkpoint_whose_images_replace_index_reads_and_a_kill_9_leaves_none() {
     let server = S3Server::start();
     let objects: Vec<(String, Vec<u8>)> =
         (0..20).map(|i| (format!("d{}/f{i:02}", i % 3), bytes(100 + i, 5000 + 777 * i as usize))).collect();
@@ -183,6 +183,7 @@ fn a_clean_unmount_leaves_a_checkpoint_and_a_kill_9_leaves_none() {
     let checkpoint = cache.join("checkpoint");
     let mount = |name: &str| CliMount::start(&server, "ckpt", &tmp.path().join(name), &cache, &[], Limits::default());
     let gets = || last_mount_counter(&cache, "hoardfs_s3_get_requests_total");
+    let index_reads = || last_mount_counter(&cache, "hoardfs_cache_index_file_reads_total");
 
     let m = mount("fill");
     read_all_parallel(&m.mountpoint, &objects, 4);
@@ -197,6 +198,7 @@ fn a_clean_unmount_leaves_a_checkpoint_and_a_kill_9_leaves_none() {
     assert!(status.success());
     assert!(log.contains("cache state read from its checkpoint: 20 entries"), "{log}");
     assert_eq!(gets(), 0);
+    assert_eq!(index_reads(), 0, "an open after a clean remount read an index file, not its checkpoint image");
     assert!(checkpoint.exists());
 
     drop(mount("killed")); // SIGKILL: no clean unmount
@@ -208,4 +210,5 @@ fn a_clean_unmount_leaves_a_checkpoint_and_a_kill_9_leaves_none() {
     assert!(status.success());
     assert!(!log.contains("read from its checkpoint"), "{log}");
     assert_eq!(gets(), 0, "entries were lost across the kill");
+    assert_eq!(index_reads(), 20, "after a kill every entry's index comes from its file");
 }

@@ -11,11 +11,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::MmapMut;
 
 use super::format::{FormatError, IndexHeader, Layout, VerifyState, RECORD_LEN};
+use super::images::Images;
+use super::ObjectId;
 
 /// Why an index file could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +41,25 @@ pub enum IndexError {
     },
 }
 
-/// A mapped index: header, state, presence bitmap and block records.
+/// An index: header, state, presence bitmap and block records; mapped from its file, or, after a
+/// clean remount, a copy of its image in the checkpoint until the first change (see
+/// [`super::images`]).
 pub struct ObjectIndex {
     header: IndexHeader,
     layout: Layout,
-    map: MmapMut,
+    store: Store,
+}
+
+/// Where an index's bytes live.
+enum Store {
+    /// The index file, mapped: every change is a change of the file.
+    Mapped(MmapMut),
+    /// The checkpoint's image of the file, which equals it; the first change maps the file.
+    Image { bytes: Vec<u8>, path: PathBuf, images: Arc<Images>, id: ObjectId },
+    /// An image whose file could not be mapped when it had to change (out of descriptors, the
+    /// file gone or changed): this mount's changes stay in memory, the file keeps its older
+    /// state, and at worst the next mount fetches or checks a block again.
+    Detached(Vec<u8>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
@@ -74,23 +91,66 @@ impl ObjectIndex {
         // reads, not maps. The length was checked against the layout just above, so every
         // offset computed from the layout is inside the map.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err(path))?;
-        Ok(Self { header, layout, map })
+        Ok(Self { header, layout, store: Store::Mapped(map) })
+    }
+
+    /// An index from entry `id`'s checkpoint image, which stands for the file at `path` until
+    /// the first change. Checked like a file: header hash, then length against the layout.
+    pub(super) fn from_image(path: &Path, bytes: Vec<u8>, images: Arc<Images>, id: ObjectId) -> Result<Self, FormatError> {
+        let (header, layout) = parse(&bytes)?;
+        Ok(Self { header, layout, store: Store::Image { bytes, path: path.to_path_buf(), images, id } })
+    }
+
+    /// Whether the index is still its checkpoint image (nothing read from its file).
+    pub fn is_image(&self) -> bool {
+        matches!(self.store, Store::Image { .. })
+    }
+
+    /// The index's bytes as they stand, which is what its file holds unless the index is
+    /// detached (for the checkpoint).
+    pub(super) fn bytes(&self) -> &[u8] {
+        match &self.store {
+            Store::Mapped(map) => map,
+            Store::Image { bytes, .. } | Store::Detached(bytes) => bytes,
+        }
+    }
+
+    /// The bytes to change; an image first maps its file, copies itself over it (the access
+    /// time may differ) and retires from the checkpoint's images.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        if let Store::Image { .. } = self.store {
+            let Store::Image { bytes, path, images, id } = std::mem::replace(&mut self.store, Store::Detached(Vec::new())) else {
+                unreachable!()
+            };
+            images.retire(&id);
+            self.store = match Self::open(&path) {
+                Ok(ObjectIndex { header, store: Store::Mapped(mut map), .. }) if header == self.header && map.len() == bytes.len() => {
+                    if map[..] != bytes[..] {
+                        map.copy_from_slice(&bytes);
+                    }
+                    Store::Mapped(map)
+                }
+                Ok(_) => {
+                    tracing::warn!("{} changed since the checkpoint; this mount keeps its copy in memory", path.display());
+                    Store::Detached(bytes)
+                }
+                Err(e) => {
+                    tracing::warn!("cannot map a cache index ({e}); this mount keeps its copy in memory");
+                    Store::Detached(bytes)
+                }
+            };
+        }
+        match &mut self.store {
+            Store::Mapped(map) => map,
+            Store::Image { bytes, .. } | Store::Detached(bytes) => bytes,
+        }
     }
 
     /// Reads and validates an index with plain reads, without mapping it; for inspection tools
     /// that may run beside a mount.
     pub fn read_snapshot(path: &Path) -> Result<IndexSnapshot, IndexError> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let (header, header_len) =
-            IndexHeader::decode(&bytes).map_err(|source| IndexError::Format { path: path.display().to_string(), source })?;
-        let layout = Layout::new(header_len, header.block_count());
-        if bytes.len() != layout.file_len {
-            return Err(IndexError::Format {
-                path: path.display().to_string(),
-                source: FormatError::Corrupt("file length does not match the layout"),
-            });
-        }
-        Ok(IndexSnapshot { header, layout, bytes })
+        IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path: path.display().to_string(), source })
     }
 
     fn check(path: &Path, file: &File) -> Result<(IndexHeader, Layout), IndexError> {
@@ -114,66 +174,83 @@ impl ObjectIndex {
 
     /// Whether block `b`'s presence bit is set.
     pub fn is_present(&self, b: u64) -> bool {
-        bit(&self.map[self.layout.bitmap_off..], b)
+        bit(&self.bytes()[self.layout.bitmap_off..], b)
     }
 
     /// The recorded blake3 of block `b`.
     pub fn block_hash(&self, b: u64) -> [u8; 32] {
         let off = self.record_off(b);
-        self.map[off..off + 32].try_into().unwrap()
+        self.bytes()[off..off + 32].try_into().unwrap()
     }
 
     /// The recorded CRC of block `b` (in the object's CRC algorithm).
     pub fn block_crc(&self, b: u64) -> u64 {
-        read_u64(&self.map, self.record_off(b) + 32)
+        read_u64(self.bytes(), self.record_off(b) + 32)
     }
 
     /// Records block `b`'s hash and CRC, then sets its presence bit (in that order).
     pub fn mark_present(&mut self, b: u64, hash: &[u8; 32], crc: u64) {
         let off = self.record_off(b);
-        self.map[off..off + 32].copy_from_slice(hash);
-        self.map[off + 32..off + RECORD_LEN].copy_from_slice(&crc.to_le_bytes());
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         let byte = self.layout.bitmap_off + (b / 8) as usize;
-        self.map[byte] |= 1 << (b % 8);
+        let bytes = self.bytes_mut();
+        bytes[off..off + 32].copy_from_slice(hash);
+        bytes[off + 32..off + RECORD_LEN].copy_from_slice(&crc.to_le_bytes());
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        bytes[byte] |= 1 << (b % 8);
     }
 
     /// Clears block `b`'s presence bit (a blake3 mismatch, or eviction of one block).
     pub fn clear(&mut self, b: u64) {
-        let byte = self.layout.bitmap_off + (b / 8) as usize;
-        self.map[byte] &= !(1 << (b % 8));
+        if self.is_present(b) {
+            let byte = self.layout.bitmap_off + (b / 8) as usize;
+            self.bytes_mut()[byte] &= !(1 << (b % 8));
+        }
     }
 
     /// Number of present blocks.
     pub fn present_count(&self) -> u64 {
-        count_bits(&self.map[self.layout.bitmap_off..self.layout.bitmap_off + self.layout.bitmap_len])
+        count_bits(&self.bytes()[self.layout.bitmap_off..self.layout.bitmap_off + self.layout.bitmap_len])
     }
 
     /// Stamps the last-access time (seconds since the epoch), which orders eviction after a
-    /// remount.
+    /// crash and answers `cache ls`/`evict --older-than`. An image keeps it in memory and in the
+    /// next checkpoint rather than dirtying its file's page.
     pub fn touch(&mut self, now_s: u64) {
         let off = self.layout.state_off;
-        self.map[off..off + 8].copy_from_slice(&now_s.to_le_bytes());
+        match &mut self.store {
+            Store::Image { bytes, images, id, .. } => {
+                bytes[off..off + 8].copy_from_slice(&now_s.to_le_bytes());
+                images.touch(id, now_s);
+            }
+            Store::Mapped(map) => map[off..off + 8].copy_from_slice(&now_s.to_le_bytes()),
+            Store::Detached(bytes) => bytes[off..off + 8].copy_from_slice(&now_s.to_le_bytes()),
+        }
     }
 
     /// Last-access time, seconds since the epoch.
     pub fn last_access(&self) -> u64 {
-        read_u64(&self.map, self.layout.state_off)
+        read_u64(self.bytes(), self.layout.state_off)
     }
 
     /// Verification state against S3's checksum.
     pub fn verify_state(&self) -> VerifyState {
-        VerifyState::from_code(self.map[self.layout.state_off + 8])
+        VerifyState::from_code(self.bytes()[self.layout.state_off + 8])
     }
 
-    /// Records the verification state.
+    /// Records the verification state (an unchanged state writes nothing).
     pub fn set_verify_state(&mut self, state: VerifyState) {
-        self.map[self.layout.state_off + 8] = state as u8;
+        let off = self.layout.state_off + 8;
+        if self.bytes()[off] != state as u8 {
+            self.bytes_mut()[off] = state as u8;
+        }
     }
 
     /// Asks the kernel to write dirty pages back soon; called at unmount, not on the hot path.
     pub fn flush_async(&self) -> std::io::Result<()> {
-        self.map.flush_async()
+        match &self.store {
+            Store::Mapped(map) => map.flush_async(),
+            Store::Image { .. } | Store::Detached(_) => Ok(()),
+        }
     }
 
     fn record_off(&self, b: u64) -> usize {
@@ -191,6 +268,15 @@ pub struct IndexSnapshot {
 }
 
 impl IndexSnapshot {
+    /// Validates an index's bytes: header hash, then length against the layout.
+    pub fn parse(bytes: Vec<u8>) -> Result<Self, FormatError> {
+        let (header, layout) = parse(&bytes)?;
+        Ok(Self { header, layout, bytes })
+    }
+    /// The index's bytes.
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
     /// Whether block `b` is present.
     pub fn is_present(&self, b: u64) -> bool {
         bit(&self.bytes[self.layout.bitmap_off..], b)
@@ -212,6 +298,16 @@ impl IndexSnapshot {
         let off = self.layout.records_off + RECORD_LEN * b as usize;
         self.bytes[off..off + 32].try_into().unwrap()
     }
+}
+
+/// Checks an index's bytes: the header (with its hash), then the length its layout implies.
+fn parse(bytes: &[u8]) -> Result<(IndexHeader, Layout), FormatError> {
+    let (header, header_len) = IndexHeader::decode(bytes)?;
+    let layout = Layout::new(header_len, header.block_count());
+    if bytes.len() != layout.file_len {
+        return Err(FormatError::Corrupt("file length does not match the layout"));
+    }
+    Ok((header, layout))
 }
 
 fn bit(bitmap: &[u8], b: u64) -> bool {

@@ -8,8 +8,10 @@
 
 mod blocks;
 mod checkpoint;
+mod descriptors;
 mod entry;
 pub mod format;
+mod images;
 pub mod index;
 mod recovery;
 pub mod store;
@@ -81,23 +83,6 @@ pub enum CacheError {
     },
 }
 
-/// Errors that may mean "out of descriptors".
-trait ExhaustsFds {
-    fn exhausts_fds(&self) -> bool;
-}
-
-impl ExhaustsFds for std::io::Error {
-    fn exhausts_fds(&self) -> bool {
-        crate::limits::is_fd_exhaustion(self)
-    }
-}
-
-impl ExhaustsFds for IndexError {
-    fn exhausts_fds(&self) -> bool {
-        matches!(self, IndexError::Io { source, .. } if crate::limits::is_fd_exhaustion(source))
-    }
-}
-
 pub(crate) fn round_up(n: u64) -> u64 {
     n.div_ceil(DISK_UNIT) * DISK_UNIT
 }
@@ -144,6 +129,8 @@ pub struct BlockCache {
     metrics: Arc<Metrics>,
     config: CacheConfig,
     state: Mutex<State>,
+    /// The index images of the checkpoint the cache was opened from, if any.
+    images: Arc<images::Images>,
     /// Told the data file path of every entry deleted, so whoever holds the file open beyond
     /// the cache (the kernel, through a passthrough backing) lets go and its blocks are freed.
     on_delete: std::sync::OnceLock<Box<dyn Fn(&std::path::Path) + Send + Sync>>,
@@ -155,7 +142,7 @@ impl BlockCache {
     /// (temp files, data without index) and unreadable indexes are deleted; indexes of a newer
     /// format are left alone.
     pub fn open(dir: CacheDir, io: Arc<dyn IoEngine>, metrics: Arc<Metrics>, config: CacheConfig) -> std::io::Result<Self> {
-        let Recovered { lru, total, versions, version_of } = recovery::recover(&dir)?;
+        let Recovered { lru, total, versions, version_of, images } = recovery::recover(&dir)?;
         let warm_capacity = std::num::NonZeroUsize::new(config.open_entries.max(1)).expect("at least 1");
         Ok(Self {
             dir,
@@ -173,6 +160,7 @@ impl BlockCache {
                 version_of,
                 checkpointed: false,
             }),
+            images: Arc::new(images),
             on_delete: std::sync::OnceLock::new(),
         })
     }
@@ -216,10 +204,7 @@ impl BlockCache {
     /// that entry's index header), for lookups by path while S3 cannot be reached.
     pub fn cached_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
         let ids = self.state.lock().unwrap().versions.get(&version_key(bucket, key)).cloned()?;
-        ids.iter()
-            .filter_map(|id| ObjectIndex::read_snapshot(&self.dir.paths(id).1).ok())
-            .max_by_key(|snap| snap.last_access())
-            .map(|snap| snap.header.object_info())
+        ids.iter().filter_map(|id| self.snapshot_of(id).ok()).max_by_key(|snap| snap.last_access()).map(|snap| snap.header.object_info())
     }
 
     /// The entry for an object version if it is already in memory; never touches the disk, so
@@ -244,7 +229,7 @@ impl BlockCache {
         }
         let id = ObjectId::new(bucket, &info.key, &info.etag);
         let (data_path, idx_path) = self.dir.paths(&id);
-        let index = match self.retrying_on_emfile(|| ObjectIndex::open(&idx_path)) {
+        let index = match self.index_of(id, &idx_path) {
             Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
             Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // Out of descriptors, or a transient I/O error: the entry is not damaged. Report it
@@ -259,9 +244,15 @@ impl BlockCache {
                 return self.forget_unless_open(id);
             }
         };
-        let data = self
-            .retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path))
-            .map_err(|source| CacheError::Io { path: data_path.display().to_string(), source })?;
+        let data = match self.retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path)) {
+            Ok(data) => data,
+            // An index (or image) without its data file: the entry is damaged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!("cache entry {} has no data file; replacing it", idx_path.display());
+                return self.forget_unless_open(id);
+            }
+            Err(source) => return Err(CacheError::Io { path: data_path.display().to_string(), source }),
+        };
         let mut state = self.state.lock().unwrap();
         // Another opener of the same version may have got there first: one entry per version.
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
@@ -273,6 +264,23 @@ impl BlockCache {
             return Ok(None);
         }
         Ok(Some(self.activate(&mut state, id, index, data, data_path)))
+    }
+
+    /// Entry `id`'s index: from its checkpoint image if that still stands for the file (no
+    /// disk I/O), else mapped from the file. An image that fails its checks is retired and the
+    /// file read instead.
+    fn index_of(&self, id: ObjectId, idx_path: &std::path::Path) -> Result<ObjectIndex, IndexError> {
+        if let Some(bytes) = self.images.get(&id) {
+            match ObjectIndex::from_image(idx_path, bytes, self.images.clone(), id) {
+                Ok(index) => return Ok(index),
+                Err(e) => {
+                    tracing::warn!("checkpoint image of {} is unusable ({e}); reading the file", idx_path.display());
+                    self.images.retire(&id);
+                }
+            }
+        }
+        crate::metrics::Metrics::add(&self.metrics.index_file_reads, 1);
+        self.retrying_on_emfile(|| ObjectIndex::open(idx_path))
     }
 
     /// Deletes a damaged entry, unless someone holds it open by now (then it is theirs to use).
@@ -303,6 +311,7 @@ impl BlockCache {
             return Ok(obj);
         }
         self.spoil_checkpoint(&mut state);
+        self.images.retire(&id);
         let (data_path, idx_path) = self.dir.paths(&id);
         let header = IndexHeader {
             block_size: self.config.block_size,
@@ -387,39 +396,6 @@ impl BlockCache {
         obj
     }
 
-    /// Runs `open` without the lock; if the process is out of descriptors, sheds idle entries
-    /// under the lock and tries again there (see [`Self::shedding_on_emfile`]).
-    fn retrying_on_emfile<T, E: ExhaustsFds>(&self, mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        match open() {
-            Err(e) if e.exhausts_fds() => Self::shedding_on_emfile(&mut self.state.lock().unwrap(), open),
-            other => other,
-        }
-    }
-
-    /// Runs `open`; if the process is out of descriptors, closes up to [`SHED_ON_EMFILE`] idle
-    /// open entries (least recently used first) and tries once more. The error, if it stays, is
-    /// the caller's to report: running out of descriptors never deletes anything.
-    fn shedding_on_emfile<T, E: ExhaustsFds>(state: &mut State, mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        match open() {
-            Err(e) if e.exhausts_fds() => {
-                let idle: Vec<ObjectId> = state
-                    .warm
-                    .iter()
-                    .rev()
-                    .filter(|(id, obj)| Arc::strong_count(obj) == 1 && !Self::in_use(state, id))
-                    .map(|(id, _)| *id)
-                    .take(SHED_ON_EMFILE)
-                    .collect();
-                tracing::warn!("out of file descriptors; closing {} idle cache entries and retrying", idle.len());
-                for id in idle {
-                    state.warm.pop(&id);
-                }
-                open()
-            }
-            other => other,
-        }
-    }
-
     /// Deletes entry `id` unless it is in use; returns the bytes freed.
     pub fn remove(&self, id: ObjectId) -> Option<u64> {
         let mut state = self.state.lock().unwrap();
@@ -438,8 +414,18 @@ impl BlockCache {
 
     /// Opens entry `id` from its index (for maintenance commands that start from the disk).
     pub fn open_id(&self, id: ObjectId) -> Result<Option<Arc<CachedObject>>, CacheError> {
-        let h = ObjectIndex::read_snapshot(&self.dir.paths(&id).1)?.header;
+        let h = self.snapshot_of(&id)?.header;
         self.open_existing(&h.bucket, &h.object_info())
+    }
+
+    /// Entry `id`'s index as it stands on disk, read from its checkpoint image if that still
+    /// stands for the file.
+    fn snapshot_of(&self, id: &ObjectId) -> Result<index::IndexSnapshot, IndexError> {
+        let path = self.dir.paths(id).1;
+        match self.images.get(id).map(index::IndexSnapshot::parse) {
+            Some(Ok(snap)) => Ok(snap),
+            _ => ObjectIndex::read_snapshot(&path),
+        }
     }
 
     /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
@@ -451,6 +437,7 @@ impl BlockCache {
     /// Deletes an entry's files and accounting (it must not be in use).
     fn forget(&self, state: &mut State, id: ObjectId) {
         self.spoil_checkpoint(state);
+        self.images.retire(&id);
         if let Some(bytes) = state.lru.pop(&id) {
             state.total -= bytes;
         }

@@ -93,7 +93,7 @@ fn scan(dir: &CacheDir) -> std::io::Result<Recovered> {
         lru.put(id, bytes);
         total += bytes;
     }
-    Ok(Recovered { lru, total, versions, version_of })
+    Ok(Recovered { lru, total, versions, version_of, images: super::images::Images::none() })
 }
 
 /// Reads the indexes of `ids` with plain reads, from [`SCAN_THREADS`] threads: index files are

@@ -59,8 +59,13 @@ fn encoding_round_trips_and_any_flipped_byte_is_refused() {
         lru.put(id, 4096 * (i as u64 + 1));
         versions.entry(vkey).or_default().push(id);
     }
-    let bytes = encode(&stamp, &lru, &versions).unwrap();
-    let back = decode(&bytes, &stamp).unwrap();
+    let image = |id: &ObjectId| Some(id.0[..1 + id.0[0] as usize % 7].to_vec());
+    let bytes = encode(&stamp, &lru, &versions, image).unwrap();
+    let (back, at) = decode(&bytes, &stamp).unwrap();
+    for (id, _) in lru.iter() {
+        let at = at[id];
+        assert_eq!(Some(&bytes[at.offset..at.offset + at.len]), image(id).as_deref(), "image of {}", id.hex());
+    }
     assert_eq!(back.lru.iter().collect::<Vec<_>>(), lru.iter().collect::<Vec<_>>(), "eviction order and bytes");
     assert_eq!(back.versions, versions);
     assert_eq!(back.total, lru.iter().map(|(_, b)| b).sum::<u64>());
@@ -138,10 +143,10 @@ async fn a_checkpoint_is_refused_after_any_other_writer_or_change() {
 /// spec says it holds, and encoded back to the same bytes.
 #[test]
 fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/checkpoint-v1.bin");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/checkpoint-v2.bin");
     let bytes = std::fs::read(path).unwrap();
     let stamp = LockStamp { dev: 7, ino: 11, mtime_ns: 1_700_000_000_123_456_789, ctime_ns: 1_700_000_000_987_654_321, pid: 4242 };
-    let back = decode(&bytes, &stamp).unwrap();
+    let (back, at) = decode(&bytes, &stamp).unwrap();
     let id = |key: &str, etag: &str| ObjectId::new("b", key, etag);
     let (e1, e2, e3) = (id("data/a.bin", "\"e1\""), id("data/a.bin", "\"e2\""), id("data/ab.bin", "\"e3\""));
     // Least recently used first: ranks 0, 1, 2.
@@ -152,5 +157,78 @@ fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
         [("b\0data/a.bin".to_string(), vec![e1, e2]), ("b\0data/ab.bin".to_string(), vec![e3])].into();
     assert_eq!(back.versions, versions);
     assert_eq!(back.version_of[&e3], "b\0data/ab.bin");
-    assert_eq!(encode(&stamp, &back.lru, &back.versions).unwrap(), bytes);
+    // Each image is the index of its entry, and accounts for its bytes.
+    let image = |id: &ObjectId| bytes[at[id].offset..at[id].offset + at[id].len].to_vec();
+    for (id, present, accounted) in [(e1, 1, 8192), (e2, 0, 4096), (e3, 2, 12288)] {
+        let snap = crate::cache::index::IndexSnapshot::parse(image(&id)).unwrap();
+        assert_eq!(ObjectId::new(&snap.header.bucket, &snap.header.key, &snap.header.etag), id);
+        assert_eq!(snap.present_count(), present);
+        assert_eq!(4096 * (1 + present), accounted);
+        assert_eq!(back.lru.peek(&id), Some(&accounted));
+    }
+    assert_eq!(encode(&stamp, &back.lru, &back.versions, |id| Some(image(id))).unwrap(), bytes);
+}
+
+/// An image stands for its index file until the entry changes: opens after a clean close read
+/// no index file and serve the bytes the blake3 in the image vouches for; the first change maps
+/// the file and lands in it, so a crash right after it loses nothing.
+#[tokio::test]
+async fn images_stand_for_index_files_until_the_first_change() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = open(dir.path());
+        fill(&cache, 6).await;
+        cache.checkpoint();
+    }
+    let cache = open(dir.path());
+    let mut objs = Vec::new();
+    for id in cache.entry_ids() {
+        let obj = cache.open_id(id).unwrap().unwrap();
+        assert!(obj.index.lock().unwrap().is_image(), "entry {} was not opened from its image", id.hex());
+        let i: u8 = obj.header().key.rsplit("img").next().unwrap().trim_end_matches(".jpg").parse().unwrap();
+        for b in 0..obj.block_count() {
+            let got = cache.read_verified(&obj, b).await.expect("a present block whose blake3 matches its image");
+            assert!(got.iter().all(|&x| x == i), "wrong bytes in block {b} of {}", obj.header().key);
+        }
+        objs.push(obj);
+    }
+    assert_eq!(cache.metrics.index_file_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    let changed = objs[0].clone();
+    changed.drop_block(0);
+    assert!(!changed.index.lock().unwrap().is_image(), "a change left the entry on its image");
+    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&cache.dir.paths(&changed.id).1).unwrap();
+    assert!(!on_disk.is_present(0), "the change did not reach the index file");
+    assert!(!cache.images.has(&changed.id), "the changed entry's image still stands for its file");
+    drop((objs, cache)); // a crash: no checkpoint
+
+    let cache = open(dir.path());
+    let again = cache.open_id(changed.id).unwrap().unwrap();
+    assert!(!again.is_present(0), "the change was lost by the crash");
+    assert!(!again.index.lock().unwrap().is_image());
+}
+
+/// An open's access time reaches the next checkpoint's image without touching the index file.
+#[test]
+fn an_image_carries_the_access_time_an_open_stamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.idx");
+    crate::cache::index::ObjectIndex::create(&path, crate::cache::format::tests::vector_header()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let id = ObjectId([1; 32]);
+    let map = {
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private temp file nobody else writes.
+        unsafe { memmap2::Mmap::map(&f) }.unwrap()
+    };
+    let images = Arc::new(Images::new(map, [(id, ImageAt { offset: 0, len: bytes.len(), touched: None })].into()));
+    let mut index = crate::cache::index::ObjectIndex::from_image(&path, images.get(&id).unwrap(), images.clone(), id).unwrap();
+    index.touch(1_800_000_000);
+    let snap = crate::cache::index::IndexSnapshot::parse(images.get(&id).unwrap()).unwrap();
+    assert_eq!(snap.last_access(), 1_800_000_000);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "a touch wrote the index file");
+    index.set_verify_state(crate::cache::format::VerifyState::Verified);
+    assert!(!index.is_image() && !images.has(&id));
+    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&path).unwrap();
+    assert_eq!((on_disk.last_access(), on_disk.verify_state()), (1_800_000_000, crate::cache::format::VerifyState::Verified));
 }
