@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
-use crate::meta::{DirEntry, Meta, MetaError, Node, NodeKind};
+use crate::meta::{DirListing, Meta, MetaError, Node, NodeKind};
 use crate::object::ObjectInfo;
 use crate::uncached::UncachedReads;
 use crate::verify::{Verifier, VerifyError};
@@ -137,7 +137,7 @@ pub struct HoardFs {
     prefetch: PrefetchConfig,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Listings held by open directory handles.
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     next_fh: AtomicU64,
     passthrough: bool,
     check_at_open_max: u64,
@@ -212,7 +212,7 @@ impl HoardFs {
     /// attributes, at most `max`.
     pub fn readdir_from(&self, fh: u64, from: usize, max: usize) -> Result<Vec<(String, Attr)>, FsError> {
         let entries = self.dirs.lock().unwrap().get(&fh).cloned().ok_or_else(|| FsError::new(libc::EBADF, "unknown directory handle"))?;
-        Ok(self.meta.map_entries(entries.get(from..).unwrap_or_default().iter().take(max), |name, node| (name.to_string(), Attr::of(node))))
+        Ok(self.meta.map_entries(&entries, from, max, |name, node| (name.to_string(), Attr::of(node))))
     }
 
     /// Forgets directory handle `fh`.
