@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cache::format::VerifyState;
 use crate::cache::index::ObjectIndex;
 use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
-use crate::cache::{read_snapshots, BlockCache, CacheConfig, CacheDir, CacheDirError};
+use crate::cache::{read_indexes, BlockCache, CacheConfig, CacheDir, CacheDirError, Indexes};
 use crate::checksum::{block_crc, Algorithm};
 use crate::io::{probe, EngineChoice};
 use crate::metrics::Metrics;
@@ -60,10 +60,13 @@ pub struct EntryReport {
 
 /// Every readable entry matching `filter`, and how many index files could not be read.
 pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryReport>, usize)> {
-    let (ids, _) = dir.scan()?;
+    Ok(report_entries(read_indexes(dir)?, filter))
+}
+
+fn report_entries(indexes: Indexes, filter: &Filter) -> (Vec<EntryReport>, usize) {
     let mut out = Vec::new();
     let mut unreadable = 0;
-    for (_, snap) in read_snapshots(dir, &ids) {
+    for (_, snap) in indexes.snapshots {
         let Ok(snap) = snap else {
             unreadable += 1;
             continue;
@@ -88,7 +91,7 @@ pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryRep
             present_blocks: present.len() as u64,
         });
     }
-    Ok((out, unreadable))
+    (out, unreadable)
 }
 
 /// `cache stat`: totals, verification counts, and the counters of the current or last mount.
@@ -133,7 +136,14 @@ pub struct MountStatus {
 
 /// Builds the `cache stat` report.
 pub fn stat(dir: &CacheDir) -> std::io::Result<StatReport> {
-    let (all, unreadable) = entries(dir, &Filter::default())?;
+    let indexes = read_indexes(dir)?;
+    // A clean close leaves the entries' accounted bytes (what `du` counts of them) in the
+    // checkpoint: then only the files beside the objects are walked.
+    let bytes_on_disk = match indexes.accounted {
+        Some(accounted) => accounted + disk_usage_except_objects(dir.root()),
+        None => disk_usage(dir.root()),
+    };
+    let (all, unreadable) = report_entries(indexes, &Filter::default());
     let count = |s: VerifyState| all.iter().filter(|e| e.verify == s).count();
     let mount = running_mount(dir).or_else(|| {
         MountRecord::read(&dir.root().join(LAST_MOUNT_RECORD)).map(|r| MountStatus {
@@ -147,7 +157,7 @@ pub fn stat(dir: &CacheDir) -> std::io::Result<StatReport> {
         objects: all.len(),
         blocks: all.iter().map(|e| e.present_blocks).sum(),
         bytes_cached: all.iter().map(|e| e.cached_bytes).sum(),
-        bytes_on_disk: disk_usage(dir.root()),
+        bytes_on_disk,
         max_cache_size: mount.as_ref().and_then(|m| m.record.max_cache_size),
         verified: count(VerifyState::Verified),
         unverifiable: count(VerifyState::Unverifiable),
@@ -213,6 +223,14 @@ pub fn disk_usage(root: &std::path::Path) -> u64 {
                 .map(|h| h.join().unwrap_or(0))
                 .sum::<u64>()
         })
+}
+
+/// [`disk_usage`] of everything in `root` but the object shards.
+fn disk_usage_except_objects(root: &std::path::Path) -> u64 {
+    let (files, subdirs) = usage_of_one_dir(root);
+    files
+        + subdirs.iter().filter(|d| !d.ends_with(crate::cache::store::OBJECTS)).map(|d| disk_usage(d)).sum::<u64>()
+        + usage_of_one_dir(&root.join(crate::cache::store::OBJECTS)).0
 }
 
 /// Allocated bytes of the files directly in `dir`, and its subdirectories.

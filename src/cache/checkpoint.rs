@@ -202,6 +202,18 @@ pub(super) fn load(dir: &Path, stamp: &LockStamp) -> Result<Snapshot, Checkpoint
     Ok(snapshot)
 }
 
+/// Every entry's index image and the accounted total, if `dir` holds a checkpoint that
+/// describes it now: for readers beside the directory's writers (`cache stat`, `cache ls`),
+/// which take no lock. The file is read before the lock file is looked at, so a writer that
+/// started meanwhile (it rewrites the lock before it changes anything) makes it stale.
+pub(super) fn current(dir: &super::CacheDir) -> Option<(u64, Vec<(ObjectId, Vec<u8>)>)> {
+    let bytes = std::fs::read(dir.root().join(CHECKPOINT)).ok()?;
+    let stamp = dir.lock_stamp_now()?;
+    let (snapshot, at) = decode(&bytes, &stamp).ok()?;
+    let images = at.into_iter().map(|(id, at)| (id, bytes[at.offset..at.offset + at.len].to_vec())).collect();
+    Some((snapshot.total, images))
+}
+
 /// Writes `bytes` as `dir/checkpoint` (through a temporary file and a rename, no fsync: a torn
 /// file fails its blake3 and costs a scan).
 pub(super) fn store(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {

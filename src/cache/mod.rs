@@ -30,8 +30,8 @@ use crate::object::ObjectInfo;
 pub use entry::CachedObject;
 use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
-pub use recovery::read_snapshots;
 use recovery::Recovered;
+pub use recovery::{read_indexes, read_snapshots, Indexes};
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default

@@ -110,6 +110,32 @@ pub fn read_snapshots(dir: &CacheDir, ids: &[ObjectId]) -> Vec<(ObjectId, Result
     })
 }
 
+/// Every index of `dir` for readers that take no lock (`cache stat`, `cache ls`): from a
+/// current checkpoint's images (one file), else from the index files. With the checkpoint comes
+/// the accounted total of the entries' bytes (index and present blocks, as `du` counts them).
+pub fn read_indexes(dir: &CacheDir) -> std::io::Result<Indexes> {
+    if let Some((accounted, images)) = checkpoint::current(dir) {
+        let snapshots = images
+            .into_iter()
+            .map(|(id, bytes)| {
+                let path = dir.paths(&id).1.display().to_string();
+                (id, index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path, source }))
+            })
+            .collect();
+        return Ok(Indexes { snapshots, accounted: Some(accounted) });
+    }
+    let (ids, _) = dir.scan()?;
+    Ok(Indexes { snapshots: read_snapshots(dir, &ids), accounted: None })
+}
+
+/// What [`read_indexes`] found.
+pub struct Indexes {
+    /// Every entry's index, or why it could not be read.
+    pub snapshots: Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)>,
+    /// The entries' accounted bytes, when they came from a checkpoint.
+    pub accounted: Option<u64>,
+}
+
 /// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
 fn allocated(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;

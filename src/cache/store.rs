@@ -240,6 +240,15 @@ impl CacheDir {
         self.lock.as_ref().map(|h| (h.before, h.after))
     }
 
+    /// The lock file's state now, as a reader sees it (no lock taken): a checkpoint made for
+    /// this state describes the directory as it is.
+    pub fn lock_stamp_now(&self) -> Option<LockStamp> {
+        let mut file = File::open(self.root.join(LOCK)).ok()?;
+        let mut pid = String::new();
+        file.read_to_string(&mut pid).ok()?;
+        LockStamp::of(&file, pid.trim().parse().unwrap_or(0)).ok()
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root

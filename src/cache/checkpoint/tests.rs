@@ -232,3 +232,32 @@ fn an_image_carries_the_access_time_an_open_stamped() {
     let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&path).unwrap();
     assert_eq!((on_disk.last_access(), on_disk.verify_state()), (1_800_000_000, crate::cache::format::VerifyState::Verified));
 }
+
+/// `cache stat` and `ls` take no lock: they read a checkpoint only while it describes the
+/// directory (the same bytes the index files hold), and the index files once any writer has
+/// taken the lock since.
+#[tokio::test]
+async fn readers_use_a_checkpoint_only_while_it_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let cache = open(dir.path());
+        fill(&cache, 8).await;
+        cache.checkpoint();
+    }
+    let reader = CacheDir::open_read_only(dir.path()).unwrap();
+    let from_checkpoint = crate::cache::read_indexes(&reader).unwrap();
+    let (ids, _) = reader.scan().unwrap();
+    let mut files: Vec<(ObjectId, Vec<u8>)> =
+        crate::cache::read_snapshots(&reader, &ids).into_iter().map(|(id, s)| (id, s.unwrap().into_bytes())).collect();
+    let mut images: Vec<(ObjectId, Vec<u8>)> = from_checkpoint.snapshots.into_iter().map(|(id, s)| (id, s.unwrap().into_bytes())).collect();
+    files.sort();
+    images.sort();
+    assert_eq!(images.len(), 10);
+    assert!(images == files, "a checkpoint image differs from its index file");
+    let (lru, total, _) = scanned(dir.path()); // a writer takes the lock
+    assert_eq!(from_checkpoint.accounted, Some(total));
+    assert_eq!(lru.len(), 10);
+    let after = crate::cache::read_indexes(&reader).unwrap();
+    assert_eq!(after.accounted, None, "a checkpoint was read after another writer took the lock");
+    assert_eq!(after.snapshots.len(), 10);
+}
