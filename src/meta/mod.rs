@@ -9,15 +9,15 @@
 //! - Keys whose path segment cannot be a file name (empty, `.`, `..`, over 255 bytes, containing
 //!   NUL) are skipped with a warning.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashTable;
-
 use crate::listing::{ListingStore, StoredListing};
+pub use table::DirListing;
+use table::Tables;
+
+mod table;
 use crate::object::{ObjectClient, ObjectError, ObjectInfo};
 
 /// Inode number of the mount's root directory.
@@ -51,44 +51,6 @@ pub struct Node {
     pub learned: Instant,
 }
 
-/// A directory's entries: inode numbers, sorted by name. Names are not stored: an entry's name is
-/// its node's path after the directory's prefix, so each key string lives once, in the inode
-/// table (a listing used to hold a copy of every entry's node, and then of every name: about a
-/// quarter, then a tenth, of a million-object mount's memory).
-#[derive(Debug, Default)]
-pub struct DirListing {
-    /// Length of the directory's prefix.
-    prefix_len: usize,
-    inos: Vec<u64>,
-}
-
-impl DirListing {
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.inos.len()
-    }
-
-    /// Whether the directory is empty.
-    pub fn is_empty(&self) -> bool {
-        self.inos.is_empty()
-    }
-}
-
-/// Whether a node is a directory, and its full path (prefix with `/`, or key).
-fn path_of(kind: &NodeKind) -> (bool, &str) {
-    match kind {
-        NodeKind::Dir { prefix } => (true, prefix),
-        NodeKind::File { info } => (false, &info.key),
-    }
-}
-
-/// A node's name in a directory whose prefix is `prefix_len` bytes long.
-fn name_of(node: &Node, prefix_len: usize) -> &str {
-    let (is_dir, path) = path_of(&node.kind);
-    let end = if is_dir { path.len().saturating_sub(1) } else { path.len() };
-    path.get(prefix_len..end).unwrap_or("")
-}
-
 /// Metadata errors, mapped to errno by the `fs` layer.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -103,53 +65,10 @@ pub enum MetaError {
     S3(ObjectError),
 }
 
+/// A directory's listing as it stands, and when it was learned.
 struct Listing {
     entries: Arc<DirListing>,
     learned: Instant,
-}
-
-struct Tables {
-    /// The node of inode `i` at `nodes[i - ROOT_INO]`: inode numbers are handed out densely and
-    /// never reused, so a name keeps its inode across refreshes.
-    nodes: Vec<Node>,
-    /// Every inode number, hashed by (is_dir, full path); the path itself lives once, in the node.
-    by_path: HashTable<u64>,
-    hasher: RandomState,
-    listings: HashMap<u64, Listing>,
-    negative: HashMap<(u64, String), Instant>,
-}
-
-impl Tables {
-    fn node(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(ino.checked_sub(ROOT_INO)? as usize)
-    }
-
-    /// The inode of `path`, or `None` and the hash to insert it with.
-    fn find(&self, is_dir: bool, path: &str) -> Result<u64, u64> {
-        let hash = self.hasher.hash_one((is_dir, path));
-        let nodes = &self.nodes;
-        self.by_path.find(hash, |&ino| path_of(&nodes[(ino - ROOT_INO) as usize].kind) == (is_dir, path)).copied().ok_or(hash)
-    }
-
-    /// Stores `node` as its inode's (a new inode must be the next one).
-    fn put(&mut self, node: Node, new_hash: Option<u64>) {
-        let i = (node.ino - ROOT_INO) as usize;
-        if let Some(hash) = new_hash {
-            let Tables { nodes, by_path, hasher, .. } = self;
-            by_path.insert_unique(hash, node.ino, |&ino| hasher.hash_one(path_of(&nodes[(ino - ROOT_INO) as usize].kind)));
-            debug_assert_eq!(i, self.nodes.len());
-            self.nodes.push(node);
-        } else {
-            self.nodes[i] = node;
-        }
-    }
-
-    /// The node named `name` in `listing`.
-    fn entry(&self, listing: &DirListing, name: &str) -> Option<&Node> {
-        let i =
-            listing.inos.binary_search_by(|&ino| self.node(ino).map(|n| name_of(n, listing.prefix_len)).unwrap_or("").cmp(name)).ok()?;
-        self.node(listing.inos[i])
-    }
 }
 
 /// What the local cache knows of the bucket without S3: consulted only when S3 cannot be
@@ -181,15 +100,7 @@ impl Meta {
     /// A table whose root is `prefix` ("" or ending in `/`). `ttl` of `None` means facts never
     /// expire (immutable datasets).
     pub fn new(client: Arc<dyn ObjectClient>, prefix: &str, ttl: Option<Duration>, store: Option<ListingStore>) -> Self {
-        let mut tables = Tables {
-            nodes: Vec::new(),
-            by_path: HashTable::new(),
-            hasher: RandomState::new(),
-            listings: HashMap::new(),
-            negative: HashMap::new(),
-        };
-        let hash = tables.find(true, prefix).expect_err("an empty table");
-        tables.put(Node { ino: ROOT_INO, kind: NodeKind::Dir { prefix: prefix.to_string() }, learned: Instant::now() }, Some(hash));
+        let tables = Tables::new(prefix);
         Self { client, ttl, tables: Mutex::new(tables), store, catalog: None, offline_warned: Default::default() }
     }
 
@@ -205,7 +116,7 @@ impl Meta {
 
     /// The node of `ino`.
     pub fn node(&self, ino: u64) -> Result<Node, MetaError> {
-        self.tables.lock().unwrap().node(ino).cloned().ok_or(MetaError::Stale)
+        self.tables.lock().unwrap().node(ino).ok_or(MetaError::Stale)
     }
 
     fn dir_prefix(&self, ino: u64) -> Result<String, MetaError> {
@@ -216,14 +127,7 @@ impl Meta {
     }
 
     fn intern(tables: &mut Tables, kind: NodeKind, learned: Instant) -> Node {
-        let (is_dir, path) = path_of(&kind);
-        let (ino, new_hash) = match tables.find(is_dir, path) {
-            Ok(ino) => (ino, None),
-            Err(hash) => (ROOT_INO + tables.nodes.len() as u64, Some(hash)),
-        };
-        let node = Node { ino, kind, learned };
-        tables.put(node.clone(), new_hash);
-        node
+        tables.intern(kind, learned)
     }
 
     /// Looks `name` up in directory `parent`: from a fresh listing or cached answer if there is
@@ -236,7 +140,7 @@ impl Meta {
         // A stored listing of the parent (fresh, or any age if S3 fails) answers without requests.
         if self.store.as_ref().is_some_and(|s| s.exists(&prefix)) {
             let entries = self.readdir(parent).await?;
-            return self.tables.lock().unwrap().entry(&entries, name).cloned().ok_or(MetaError::NotFound);
+            return self.tables.lock().unwrap().entry(&entries, name).ok_or(MetaError::NotFound);
         }
         let key = format!("{prefix}{name}");
         let dir_prefix = format!("{key}/");
@@ -277,7 +181,7 @@ impl Meta {
         };
         let tables = self.tables.lock().unwrap();
         if let Some(listing) = tables.listings.get(&parent).filter(|l| self.fresh(l.learned)) {
-            return Some(tables.entry(&listing.entries, name).cloned().ok_or(MetaError::NotFound));
+            return Some(tables.entry(&listing.entries, name).ok_or(MetaError::NotFound));
         }
         if tables.negative.get(&(parent, name.to_string())).is_some_and(|t| self.fresh(*t)) {
             return Some(Err(MetaError::NotFound));
@@ -413,7 +317,7 @@ impl Meta {
             named.push((name, Self::intern(&mut tables, NodeKind::File { info }, learned).ino));
         }
         named.sort_unstable();
-        let entries = Arc::new(DirListing { prefix_len: prefix.len(), inos: named.into_iter().map(|(_, ino)| ino).collect() });
+        let entries = Arc::new(DirListing::new(prefix.len(), named.into_iter().map(|(_, ino)| ino).collect()));
         tables.listings.insert(ino, Listing { entries: entries.clone(), learned });
         tables.negative.retain(|(p, _), _| *p != ino);
         entries
@@ -423,9 +327,7 @@ impl Meta {
     /// under one lock (a page of a directory read). An entry whose inode is unknown (never:
     /// nodes are not removed) is skipped.
     pub fn map_entries<T>(&self, listing: &DirListing, from: usize, max: usize, f: impl Fn(&str, &Node) -> T) -> Vec<T> {
-        let tables = self.tables.lock().unwrap();
-        let inos = listing.inos.get(from..).unwrap_or_default().iter().take(max);
-        inos.filter_map(|&ino| tables.node(ino).map(|n| f(name_of(n, listing.prefix_len), n))).collect()
+        self.tables.lock().unwrap().map(listing, from, max, f)
     }
 
     /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
@@ -468,10 +370,8 @@ impl Meta {
 
     /// Marks a file's facts as stale, so the next open asks S3 again (after an If-Match failure).
     pub fn invalidate(&self, ino: u64) {
-        if let Some(node) = self.tables.lock().unwrap().nodes.get_mut(ino.saturating_sub(ROOT_INO) as usize) {
-            let age = self.ttl.unwrap_or(Duration::ZERO) + Duration::from_secs(1);
-            node.learned = Instant::now().checked_sub(age).unwrap_or(node.learned);
-        }
+        let age = self.ttl.unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+        self.tables.lock().unwrap().age(ino, age);
     }
 }
 

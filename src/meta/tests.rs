@@ -21,14 +21,14 @@ async fn listings_name_entries_from_their_nodes_and_keep_inodes_across_refreshes
     // `a` is both an object and a prefix: the directory wins; the marker `c/` is not a file.
     assert_eq!(names(&meta, &root), vec![("a".into(), true), ("b.bin".into(), false), ("c".into(), true), ("é z".into(), false)]);
     assert_eq!(meta.map_entries(&root, 1, 2, |name, _| name.to_string()), vec!["b.bin", "c"], "a page of a directory read");
-    let inos: Vec<u64> = root.inos.clone();
+    let inos: Vec<u64> = root.inos().to_vec();
 
     // A refresh (TTL 0) lists again and hands every name the inode it had.
     client.put("data/d", &b"1"[..]);
     let again = meta.readdir(ROOT_INO).await.unwrap();
     assert_eq!(again.len(), 5);
     for ino in &inos {
-        assert!(again.inos.contains(ino), "inode {ino} changed on refresh");
+        assert!(again.inos().contains(ino), "inode {ino} changed on refresh");
     }
     let a = meta.lookup(ROOT_INO, "a").await.unwrap();
     assert_eq!(a.ino, inos[0]);
@@ -51,7 +51,7 @@ async fn a_fresh_listing_answers_lookups_without_requests() {
     assert_eq!(listing.len(), 300);
     for i in [0, 137, 299] {
         let node = meta.lookup_cached(d.ino, &format!("f{i:03}")).expect("answered from the listing").unwrap();
-        assert_eq!(node.ino, listing.inos[i]);
+        assert_eq!(node.ino, listing.inos()[i]);
         assert_eq!(meta.node(node.ino).unwrap().ino, node.ino);
     }
     assert!(matches!(meta.lookup_cached(d.ino, "f300"), Some(Err(MetaError::NotFound))));
