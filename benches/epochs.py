@@ -2,14 +2,19 @@
 """Epoch benchmark: hoardfs against the physical limits and its peers, on one machine, in one run.
 
     benches/run.sh                    # defaults below; HOARDFS_BENCH_DEPS=1 also installs rclone, s3fs, fio
+    benches/run.sh --server moto      # the slow Python server the first tables used
 
-Starts the local S3 server (moto) on 127.0.0.1, uploads two datasets, and for each system runs
-epoch 1 (cold), epoch 2 (warm, page cache dropped) and, after a remount, epoch 3; each epoch
+Starts a local S3 server on 127.0.0.1 (by default benches/s3-server, s3s-fs's directory backend,
+whose objects are written straight into its directory; it serves a GET several times faster than
+moto, so the cold rows show the mounts' own costs), puts two datasets there, and for each system
+runs epoch 1 (cold), epoch 2 (warm, page cache dropped) and, after a remount, epoch 3; each epoch
 reads every file once with 8 parallel readers in a fresh shuffled order. Baselines measured in the
 same run: raw reads of the same bytes from the cache's file system (the disk limit) and direct
-8 MiB ranged GETs from the same server (the network limit). "hoardfs + hints" also writes each
-epoch's order to the mount's prefetch control file first, as a training job would. Warm epochs are
-repeated and the median reported. Prints MB/s, files/s, data GETs, daemon CPU seconds and peak RSS, and ratios.
+8 MiB ranged GETs from the same server with `curl --parallel` (the network limit). "hoardfs +
+hints" also writes each epoch's order to the mount's prefetch control file first, as a training job
+would. Warm and remount epochs are repeated; before each of them a raw-disk round runs, and "x disk"
+is the median of the per-round ratios (single rounds on these VMs swing by 2x, and the disk with
+them). Prints MB/s, files/s, data GETs, daemon CPU seconds and peak RSS, and ratios.
 """
 import argparse
 import concurrent.futures as cf
@@ -36,6 +41,8 @@ CHUNK = 1 << 20
 NET_CHUNK = 8 << 20
 # Extra `hoardfs mount` flags (--hoardfs-args), for trying settings.
 HOARDFS_ARGS = []
+# benches/s3-server: s3s-fs's directory backend with TCP_NODELAY (see its main.rs for why).
+SERVER = os.path.join(ROOT, "benches/s3-server/target/release/hoardfs-bench-s3")
 
 
 def free_port():
@@ -115,11 +122,58 @@ class Moto:
         self.proc.terminate()
         self.proc.wait()
 
+    def put(self, bucket, files):
+        upload(self.s3, bucket, files)
+
+
+class S3sFs:
+    """The bench server serving `root` on a free loopback port."""
+    name = "benches/s3-server (s3s-fs 0.14.1 backend, TCP_NODELAY)"
+
+    def __init__(self, root, workdir):
+        if not os.path.exists(SERVER):
+            raise SystemExit(f"{SERVER} missing: benches/prepare.sh builds it")
+        self.port, self.root = free_port(), root
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([SERVER, f"127.0.0.1:{self.port}", root],
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
+        self.s3 = client_when_up(self.endpoint, "the benchmark S3 server")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+    def put(self, bucket, files):
+        """Writes the objects straight into the server's directory (a bucket is a directory)."""
+        for key, body in files.items():
+            path = os.path.join(self.root, bucket, key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(body)
+
 
 def upload(s3, bucket, files):
     s3.create_bucket(Bucket=bucket)
     with cf.ThreadPoolExecutor(8) as ex:
         list(ex.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), files.items()))
+
+
+def curl_gets(server, bucket, requests, readers):
+    """GETs `requests` ((key, first byte, last byte or None for the whole object)) with `curl
+    --parallel` (SigV4-signed, keep-alive), `readers` at a time; the network limit. boto3 is no
+    baseline against a fast server: under the GIL it manages about 200 GETs/s."""
+    cfg = os.path.join(os.path.dirname(SERVER), "curl-urls.txt")
+    os.makedirs(os.path.dirname(cfg), exist_ok=True)
+    with open(cfg, "w") as f:
+        for key, first, last in requests:
+            f.write(f'url = "{server.endpoint}/{bucket}/{key}"\noutput = "/dev/null"\n')
+            if last is not None:
+                f.write(f'range = "{first}-{last}"\n')
+    t = time.perf_counter()
+    subprocess.run(["curl", "-sSf", "--parallel", "--parallel-max", str(readers), "--aws-sigv4", "aws:amz:us-east-1:s3",
+                    "--user", "bench:bench", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-K", cfg],
+                   check=True, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
 
 
 def hoardfs_gets(addr):
@@ -135,7 +189,7 @@ class Hoardfs:
         self.metrics = f"127.0.0.1:{free_port()}"
 
     def mount(self):
-        subprocess.run([os.path.join(ROOT, "target/release/hoardfs"), "mount", f"s3://{self.bucket}", self.mnt,
+        subprocess.run([os.environ.get("HOARDFS_BIN", os.path.join(ROOT, "target/release/hoardfs")), "mount", f"s3://{self.bucket}", self.mnt,
                         "--cache-dir", self.cache, "--endpoint-url", self.moto.endpoint, "--force-path-style",
                         "--metrics-addr", self.metrics] + HOARDFS_ARGS, check=True, stderr=subprocess.DEVNULL)
         self.pid = int(open(os.path.join(self.cache, "lock")).read())
@@ -217,7 +271,9 @@ def files_under(root):
     return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
 
 
-def run_system(cls, moto, bucket, work, repeat):
+def run_system(cls, moto, bucket, work, repeat, raw_round):
+    """Cold, warm and after-remount epochs of one system; `raw_round()` runs one raw-disk epoch,
+    run before each warm and remount round so that each ratio compares neighbours in time."""
     mnt = os.path.join(work, f"mnt-{cls.__name__}")
     cache = os.path.join(work, f"cache-{cls.__name__}-{bucket}")
     os.makedirs(mnt, exist_ok=True)
@@ -234,10 +290,12 @@ def run_system(cls, moto, bucket, work, repeat):
     out["epoch 1 (cold)"]["gets"] = None if g0 is None else sys_.gets() - g0
     warm = []
     for r in range(repeat):
+        raw = raw_round(r)
         drop_page_cache()
         g0 = sys_.gets()
         e = epoch(paths, 2 + r, hint)
         e["gets"] = None if g0 is None else sys_.gets() - g0
+        e["x_disk"] = raw["seconds"] / e["seconds"]
         warm.append(e)
     out["epoch 2 (warm)"] = median_of(warm)
     cpu, rss = proc_stats(sys_.pid)
@@ -245,12 +303,14 @@ def run_system(cls, moto, bucket, work, repeat):
     # Epoch 3 is the first epoch of a new mount of the same cache: each repeat remounts.
     remount = []
     for r in range(repeat):
+        raw = raw_round(r)
         sys_.mount()
         paths = files_under(mnt)
         drop_page_cache()
         g0 = sys_.gets()
         e = epoch(paths, 10 + r, hint)
         e["gets"] = None if g0 is None else sys_.gets() - g0
+        e["x_disk"] = raw["seconds"] / e["seconds"]
         remount.append(e)
         c, m = proc_stats(sys_.pid)
         cpu, rss = cpu + c, max(rss, m)
@@ -263,49 +323,50 @@ def run_system(cls, moto, bucket, work, repeat):
 
 def median_of(runs):
     m = sorted(runs, key=lambda e: e["mbps"])[len(runs) // 2]
-    return dict(m, runs=[round(e["mbps"], 1) for e in runs])
+    out = dict(m, runs=[round(e["mbps"], 1) for e in runs])
+    if all("x_disk" in e for e in runs):
+        out["x_disk"] = statistics.median(e["x_disk"] for e in runs)
+    return out
 
 
-def raw_disk(files, where, repeat):
-    d = os.path.join(where, "raw-baseline")
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    paths = []
-    for i, (k, v) in enumerate(files.items()):
-        p = os.path.join(d, f"{i:06d}")
-        with open(p, "wb") as f:
-            f.write(v)
-        paths.append(p)
-    runs = []
-    for r in range(repeat):
+class RawDisk:
+    """The same bytes as plain files on the cache's file system: the disk limit. Every round is
+    kept, so systems can be compared with the rounds next to theirs."""
+
+    def __init__(self, files, where):
+        self.dir = os.path.join(where, "raw-baseline")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        self.paths = []
+        for i, v in enumerate(files.values()):
+            p = os.path.join(self.dir, f"{i:06d}")
+            with open(p, "wb") as f:
+                f.write(v)
+            self.paths.append(p)
+        self.rounds = []
+
+    def round(self, seed):
         drop_page_cache()
-        runs.append(epoch(paths, 20 + r))
-    shutil.rmtree(d)
-    return median_of(runs)
+        e = epoch(self.paths, 20 + seed)
+        self.rounds.append(e)
+        return e
+
+    def summary(self):
+        return median_of(self.rounds)
+
+    def remove(self):
+        shutil.rmtree(self.dir)
 
 
-def direct_gets(moto, bucket, files, repeat):
-    keys = list(files)
-    s3 = moto.s3
-
-    def get(key):
-        size = len(files[key])
-        n = 0
-        for start in range(0, max(size, 1), NET_CHUNK):
-            end = min(size, start + NET_CHUNK) - 1
-            if end < start:
-                break
-            n += len(s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"].read())
-        return n
-
+def direct_gets(server, bucket, files, repeat):
+    """Every object in NET_CHUNK ranges, READERS requests at a time, in a shuffled order."""
+    requests = [(k, start, min(len(v), start + NET_CHUNK) - 1) for k, v in files.items() for start in range(0, len(v), NET_CHUNK)]
+    total = sum(len(v) for v in files.values())
     runs = []
     for r in range(repeat):
-        random.Random(30 + r).shuffle(keys)
-        t = time.perf_counter()
-        with cf.ThreadPoolExecutor(READERS) as ex:
-            total = sum(ex.map(get, keys))
-        dt = time.perf_counter() - t
-        runs.append({"seconds": dt, "bytes": total, "files": len(keys), "mbps": total / 1e6 / dt, "files_per_s": len(keys) / dt})
+        random.Random(30 + r).shuffle(requests)
+        dt = curl_gets(server, bucket, requests, READERS)
+        runs.append({"seconds": dt, "bytes": total, "files": len(files), "mbps": total / 1e6 / dt, "files_per_s": len(files) / dt})
     return median_of(runs)
 
 
@@ -322,13 +383,20 @@ def main():
     ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
     ap.add_argument("--systems", default="all", help="comma-separated subset: hoardfs,hints,rclone,s3fs")
     ap.add_argument("--datasets", default="large,small", help="comma-separated subset: large,small")
+    ap.add_argument("--server", default="bench", choices=["bench", "moto"],
+                    help="bench: benches/s3-server, objects written into its directory (fast); moto: uploaded (slow)")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ.setdefault("AWS_REGION", "us-east-1")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     os.makedirs(args.work, exist_ok=True)
-    moto = Moto(args.work)
+    if args.server == "bench":
+        shutil.rmtree(os.path.join(args.work, "s3root"), ignore_errors=True)
+        os.makedirs(os.path.join(args.work, "s3root"))
+        server = S3sFs(os.path.join(args.work, "s3root"), args.work)
+    else:
+        server = Moto(args.work)
     try:
         datasets = {
             "large": {f"shard-{i:03d}.tar": os.urandom(args.shard_mib << 20) for i in range(args.shards)},
@@ -344,29 +412,32 @@ def main():
         results = {}
         for name, files in datasets.items():
             bucket = f"bench-{name}"
-            upload(moto.s3, bucket, files)
-            res = {"raw disk": raw_disk(files, args.work, args.repeat),
-                   "direct ranged GETs": direct_gets(moto, bucket, files, args.repeat)}
+            server.put(bucket, files)
+            raw = RawDisk(files, args.work)
+            res = {"direct ranged GETs": direct_gets(server, bucket, files, args.repeat)}
             for cls in systems:
                 try:
-                    res[cls.name] = run_system(cls, moto, bucket, args.work, args.repeat)
+                    res[cls.name] = run_system(cls, server, bucket, args.work, args.repeat, raw.round)
                 except (Exception, SystemExit) as e:  # a peer that fails is reported, not fatal
                     print(f"{cls.name} on {name}: failed: {e}", file=sys.stderr)
                     subprocess.run(["fusermount3", "-u", "-z", os.path.join(args.work, f"mnt-{cls.__name__}")], stderr=subprocess.DEVNULL)
+            res["raw disk"] = raw.summary()
+            raw.remove()
             results[name] = res
-        report(results, args, systems)
+        report(results, args, systems, getattr(server, "name", "moto"))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
     finally:
-        moto.stop()
+        server.stop()
 
 
-def report(results, args, systems):
+def report(results, args, systems, server):
     cpu = subprocess.run(["sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; uname -r"],
                          capture_output=True, text=True).stdout.split("\n")
-    print(f"\nmachine: {cpu[0]} vCPU,{cpu[1]}, kernel {cpu[2]}; server: moto on 127.0.0.1; {READERS} readers; "
-          f"median of {args.repeat} for warm and baseline rows")
+    print(f"\nmachine: {cpu[0]} vCPU,{cpu[1]}, kernel {cpu[2]}; server: {server} on 127.0.0.1; {READERS} readers; "
+          f"median of {args.repeat} for warm, remount and baseline rows; x disk of warm and remount rows: "
+          f"median of ratios to the raw-disk round run just before each")
     for name, res in results.items():
         unit = "files/s" if name == "small" else "MB/s"
         key = "files_per_s" if name == "small" else "mbps"
@@ -380,7 +451,8 @@ def report(results, args, systems):
             for ep in ("epoch 1 (cold)", "epoch 2 (warm)", "epoch 3 (remount)"):
                 e = r[ep]
                 gets = "-" if e.get("gets") is None else str(e["gets"])
-                print(f"  {cls.name:18} {ep:18} {e[key]:9.0f} {e['mbps']:8.0f} {gets:>6} {e[key] / disk:7.2f} {e[key] / net:6.2f}")
+                x_disk = e.get("x_disk", e[key] / disk)
+                print(f"  {cls.name:18} {ep:18} {e[key]:9.0f} {e['mbps']:8.0f} {gets:>6} {x_disk:7.2f} {e[key] / net:6.2f}")
             print(f"  {cls.name:18} daemon CPU {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
 
 

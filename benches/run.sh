@@ -2,6 +2,5 @@
 # One command for the epoch benchmark (see epochs.py). Not part of CI: it takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
-cargo build --release -q
+benches/prepare.sh
 exec python3 benches/epochs.py "$@"

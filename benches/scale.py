@@ -29,12 +29,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import epochs  # noqa: E402  (shares the epoch runner, page-cache drop, peers and /proc readers)
-from epochs import drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
+from epochs import S3sFs, drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
 
 ROOT = epochs.ROOT
 HOARDFS = os.environ.get("HOARDFS_BIN", os.path.join(ROOT, "target/release/hoardfs"))
-# benches/s3-server: s3s-fs's directory backend with TCP_NODELAY (see its main.rs for why).
-SERVER = os.path.join(ROOT, "benches/s3-server/target/release/hoardfs-bench-s3")
 
 
 def bench_env(work):
@@ -67,36 +65,9 @@ def generate(root, bucket, n, dirs, size):
     return keys
 
 
-class S3sFs:
-    """The bench server serving `root` on a free loopback port (duck-types epochs.Moto)."""
-
-    def __init__(self, root, workdir):
-        if not os.path.exists(SERVER):
-            raise SystemExit(f"{SERVER} missing: benches/scale.sh builds it")
-        self.port, self.root = free_port(), root
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([SERVER, f"127.0.0.1:{self.port}", root],
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
-        self.s3 = epochs.client_when_up(self.endpoint, "the benchmark S3 server")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-
-
 def direct_gets(server, bucket, keys, readers):
-    """The network limit: `curl --parallel` (SigV4-signed, keep-alive) fetching each object whole,
-    `readers` at a time. boto3 is no baseline here: under the GIL it manages about 200 GETs/s,
-    slower than hoardfs itself."""
-    cfg = os.path.join(os.path.dirname(SERVER), "curl-urls.txt")
-    with open(cfg, "w") as f:
-        for k in keys:
-            f.write(f'url = "{server.endpoint}/{bucket}/{k}"\noutput = "/dev/null"\n')
-    t = time.perf_counter()
-    subprocess.run(["curl", "-sSf", "--parallel", "--parallel-max", str(readers), "--aws-sigv4", "aws:amz:us-east-1:s3",
-                    "--user", "bench:bench", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-K", cfg],
-                   check=True, stderr=subprocess.DEVNULL)
-    dt = time.perf_counter() - t
+    """The network limit: each object fetched whole, `readers` at a time (epochs.curl_gets)."""
+    dt = epochs.curl_gets(server, bucket, [(k, 0, None) for k in keys], readers)
     total = sum(os.path.getsize(os.path.join(server.root, bucket, k)) for k in keys)
     return {"files_per_s": len(keys) / dt, "mbps": total / 1e6 / dt}
 
