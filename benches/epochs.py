@@ -110,38 +110,37 @@ def client_when_up(endpoint, name):
     raise SystemExit(f"{name} did not start")
 
 
-class Moto:
-    def __init__(self, workdir):
+class ServerProcess:
+    """A local S3 server process; `s3` is a boto3 client of it once it answers."""
+
+    def start(self, argv, log, name):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "moto.log"), "w"))
-        self.s3 = client_when_up(self.endpoint, "moto")
+        self.proc = subprocess.Popen([a.format(port=self.port) for a in argv], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        self.s3 = client_when_up(self.endpoint, name)
 
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
 
+
+class Moto(ServerProcess):
+    def __init__(self, workdir):
+        self.start(["moto_server", "-H", "127.0.0.1", "-p", "{port}"], os.path.join(workdir, "moto.log"), "moto")
+
     def put(self, bucket, files):
         upload(self.s3, bucket, files)
 
 
-class S3sFs:
+class S3sFs(ServerProcess):
     """The bench server serving `root` on a free loopback port."""
     name = "benches/s3-server (s3s-fs 0.14.1 backend, TCP_NODELAY)"
 
     def __init__(self, root, workdir):
         if not os.path.exists(SERVER):
             raise SystemExit(f"{SERVER} missing: benches/prepare.sh builds it")
-        self.port, self.root = free_port(), root
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([SERVER, f"127.0.0.1:{self.port}", root],
-                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "s3s-fs.log"), "w"))
-        self.s3 = client_when_up(self.endpoint, "the benchmark S3 server")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+        self.root = root
+        self.start([SERVER, "127.0.0.1:{port}", root], os.path.join(workdir, "s3s-fs.log"), "the benchmark S3 server")
 
     def put(self, bucket, files):
         """Writes the objects straight into the server's directory (a bucket is a directory)."""

@@ -35,6 +35,16 @@ async fn fill(cache: &BlockCache, n: usize) {
     }
 }
 
+/// A cache dir holding `n` filled objects, closed cleanly (so it holds a checkpoint).
+async fn closed_cleanly(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path());
+    fill(&cache, n).await;
+    cache.checkpoint();
+    assert!(dir.path().join(CHECKPOINT).exists());
+    dir
+}
+
 /// What a reopened cache believes: eviction order with bytes, total, versions.
 fn state_of(cache: &BlockCache) -> (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>) {
     let s = cache.state.lock().unwrap();
@@ -82,13 +92,7 @@ fn encoding_round_trips_and_any_flipped_byte_is_refused() {
 /// and the checkpoint is gone from the directory as soon as the new writer holds it.
 #[tokio::test]
 async fn a_clean_close_reopens_to_the_scanned_state_from_one_file() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let cache = open(dir.path());
-        fill(&cache, 20).await;
-        cache.checkpoint();
-        assert!(dir.path().join(CHECKPOINT).exists());
-    }
+    let dir = closed_cleanly(20).await;
     let expected = scanned(dir.path()); // takes and rewrites the lock: the checkpoint is stale now
     let (lru, total, versions) = expected.clone();
     assert_eq!(lru.len(), 22);
@@ -112,13 +116,8 @@ async fn a_clean_close_reopens_to_the_scanned_state_from_one_file() {
 /// one unusable; so does a change after the checkpoint was written.
 #[tokio::test]
 async fn a_checkpoint_is_refused_after_any_other_writer_or_change() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = closed_cleanly(5).await;
     let lock = dir.path().join(crate::cache::store::LOCK);
-    {
-        let cache = open(dir.path());
-        fill(&cache, 5).await;
-        cache.checkpoint();
-    }
     // An older hoardfs takes the lock, writes its pid and changes the cache without knowing of
     // checkpoints.
     let saved = std::fs::read(dir.path().join(CHECKPOINT)).unwrap();
@@ -174,12 +173,7 @@ fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
 /// the file and lands in it, so a crash right after it loses nothing.
 #[tokio::test]
 async fn images_stand_for_index_files_until_the_first_change() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let cache = open(dir.path());
-        fill(&cache, 6).await;
-        cache.checkpoint();
-    }
+    let dir = closed_cleanly(6).await;
     let cache = open(dir.path());
     let mut objs = Vec::new();
     for id in cache.entry_ids() {
@@ -238,12 +232,7 @@ fn an_image_carries_the_access_time_an_open_stamped() {
 /// taken the lock since.
 #[tokio::test]
 async fn readers_use_a_checkpoint_only_while_it_is_current() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let cache = open(dir.path());
-        fill(&cache, 8).await;
-        cache.checkpoint();
-    }
+    let dir = closed_cleanly(8).await;
     let reader = CacheDir::open_read_only(dir.path()).unwrap();
     let from_checkpoint = crate::cache::read_indexes(&reader).unwrap();
     let (ids, _) = reader.scan().unwrap();
