@@ -36,6 +36,19 @@ pub struct CachedObject {
     pub(super) proven: Mutex<std::collections::HashMap<u64, [u8; 32]>>,
     /// Set when a background pass checking every block has started in this mount.
     pub(super) check_pass: AtomicBool,
+    /// Where the index's bytes go when the entry leaves memory.
+    pub(super) images: Arc<super::images::Images>,
+}
+
+impl Drop for CachedObject {
+    /// Leaving memory (past the entries kept open): the index bytes, which stand for the file,
+    /// are kept so the next open of the entry in this mount reads no index file. An entry that
+    /// is being deleted is retired from the images after this runs (see `BlockCache::forget`).
+    fn drop(&mut self) {
+        if let Some(bytes) = self.index.get_mut().ok().and_then(|i| i.file_bytes()) {
+            self.images.keep(self.id, bytes);
+        }
+    }
 }
 
 impl CachedObject {

@@ -2,6 +2,11 @@
 //! mapping, so that the first open of a cached object after a clean remount reads no index file
 //! (at 100,000 small objects that file read was half the random reads of an epoch).
 //!
+//! The same holds for an entry that leaves memory during a mount (past the entries kept open):
+//! its index bytes, which equal its file at that moment, are kept here (up to
+//! [`KEPT_BYTES`]), so that a warm epoch over more objects than are kept open does not read and
+//! map every index file again either.
+//!
 //! An image stands for its index file until this mount changes the entry: the first change
 //! (a block written or dropped, a new verification state) maps the file and *retires* the
 //! image, and from then on the file is the truth again, exactly as for an entry the checkpoint
@@ -29,27 +34,43 @@ pub(super) struct ImageAt {
     pub touched: Option<u64>,
 }
 
-/// The images of the checkpoint a mount started from (none after a scan).
+/// Most bytes of index images kept in memory for entries that left memory (64 MiB: a
+/// quarter of a million one-block objects). Past it, such entries read their file again.
+pub const KEPT_BYTES: usize = 64 << 20;
+
+/// Index images: the checkpoint's (mapped), and those of entries that left memory (owned).
 pub(super) struct Images {
     map: Option<Mmap>,
-    at: Mutex<HashMap<ObjectId, ImageAt>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    at: HashMap<ObjectId, ImageAt>,
+    kept: HashMap<ObjectId, Box<[u8]>>,
+    kept_bytes: usize,
 }
 
 impl Images {
     /// No images: every index is read from its file.
     pub fn none() -> Self {
-        Self { map: None, at: Mutex::default() }
+        Self { map: None, table: Mutex::default() }
     }
 
     /// The images of a decoded checkpoint held in `map`. Each was bounds-checked by the decoder.
     pub fn new(map: Mmap, at: HashMap<ObjectId, ImageAt>) -> Self {
-        Self { map: Some(map), at: Mutex::new(at) }
+        Self { map: Some(map), table: Mutex::new(Table { at, ..Table::default() }) }
     }
 
     /// A copy of entry `id`'s image, with the access time this mount stamped, if it still
     /// stands for the index file.
     pub fn get(&self, id: &ObjectId) -> Option<Vec<u8>> {
-        let at = *self.at.lock().unwrap().get(id)?;
+        let table = self.table.lock().unwrap();
+        if let Some(kept) = table.kept.get(id) {
+            return Some(kept.to_vec());
+        }
+        let at = *table.at.get(id)?;
+        drop(table);
         let mut bytes = self.map.as_ref()?.get(at.offset..at.offset + at.len)?.to_vec();
         if let Some(t) = at.touched {
             stamp_access(&mut bytes, t);
@@ -59,19 +80,40 @@ impl Images {
 
     /// Whether entry `id` has an image that stands for its file.
     pub fn has(&self, id: &ObjectId) -> bool {
-        self.at.lock().unwrap().contains_key(id)
+        let table = self.table.lock().unwrap();
+        table.kept.contains_key(id) || table.at.contains_key(id)
     }
 
     /// Records an open's access time for the next checkpoint.
     pub fn touch(&self, id: &ObjectId, now_s: u64) {
-        if let Some(at) = self.at.lock().unwrap().get_mut(id) {
+        let mut table = self.table.lock().unwrap();
+        if let Some(kept) = table.kept.get_mut(id) {
+            stamp_access(kept, now_s);
+        } else if let Some(at) = table.at.get_mut(id) {
             at.touched = Some(now_s);
         }
     }
 
+    /// Keeps the bytes of an entry that leaves memory, which stand for its index file (they
+    /// are the file's, or an image of it with a newer access time), unless the budget is spent.
+    pub fn keep(&self, id: ObjectId, bytes: &[u8]) {
+        let mut table = self.table.lock().unwrap();
+        let replaced = table.kept.get(&id).map_or(0, |b| b.len());
+        if table.kept_bytes - replaced + bytes.len() > KEPT_BYTES {
+            return;
+        }
+        table.kept_bytes = table.kept_bytes - replaced + bytes.len();
+        table.kept.insert(id, bytes.into());
+        table.at.remove(&id);
+    }
+
     /// The image no longer stands for the index file (the entry changed, or is gone).
     pub fn retire(&self, id: &ObjectId) {
-        self.at.lock().unwrap().remove(id);
+        let mut table = self.table.lock().unwrap();
+        table.at.remove(id);
+        if let Some(kept) = table.kept.remove(id) {
+            table.kept_bytes -= kept.len();
+        }
     }
 }
 

@@ -106,6 +106,15 @@ impl ObjectIndex {
         matches!(self.store, Store::Image { .. })
     }
 
+    /// The bytes that stand for the index file, unless the index is detached from it.
+    pub(super) fn file_bytes(&self) -> Option<&[u8]> {
+        match &self.store {
+            Store::Mapped(map) => Some(map),
+            Store::Image { bytes, .. } => Some(bytes),
+            Store::Detached(_) => None,
+        }
+    }
+
     /// The index's bytes as they stand, which is what its file holds unless the index is
     /// detached (for the checkpoint).
     pub(super) fn bytes(&self) -> &[u8] {

@@ -279,8 +279,11 @@ impl BlockCache {
                 }
             }
         }
-        crate::metrics::Metrics::add(&self.metrics.index_file_reads, 1);
-        self.retrying_on_emfile(|| ObjectIndex::open(idx_path))
+        let opened = self.retrying_on_emfile(|| ObjectIndex::open(idx_path));
+        if opened.is_ok() {
+            crate::metrics::Metrics::add(&self.metrics.index_file_reads, 1);
+        }
+        opened
     }
 
     /// Deletes a damaged entry, unless someone holds it open by now (then it is theirs to use).
@@ -383,6 +386,7 @@ impl BlockCache {
             units_failed: Mutex::new(vec![None; units]),
             proven: Mutex::default(),
             check_pass: AtomicBool::new(false),
+            images: self.images.clone(),
         });
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);
@@ -437,12 +441,12 @@ impl BlockCache {
     /// Deletes an entry's files and accounting (it must not be in use).
     fn forget(&self, state: &mut State, id: ObjectId) {
         self.spoil_checkpoint(state);
-        self.images.retire(&id);
         if let Some(bytes) = state.lru.pop(&id) {
             state.total -= bytes;
         }
-        state.warm.pop(&id);
+        state.warm.pop(&id); // drops the entry, which keeps its index image...
         state.open.remove(&id);
+        self.images.retire(&id); // ...so the image goes after it
         if let Some(vkey) = state.version_of.remove(&id) {
             if let Some(ids) = state.versions.get_mut(&vkey) {
                 ids.retain(|i| *i != id);

@@ -250,3 +250,43 @@ async fn readers_use_a_checkpoint_only_while_it_is_current() {
     assert_eq!(after.accounted, None, "a checkpoint was read after another writer took the lock");
     assert_eq!(after.snapshots.len(), 10);
 }
+
+/// Past the entries kept open, an entry that left memory reopens from the index bytes it left
+/// behind, so a warm epoch over more objects than are kept open reads no index file; a change
+/// after such a reopen still reaches the file, and the stale bytes are not used again.
+#[tokio::test]
+async fn an_entry_that_left_memory_reopens_without_reading_its_index_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig { block_size: 4096, open_entries: 2, ..CacheConfig::default() };
+    let cache = BlockCache::open(
+        CacheDir::open_exclusive(dir.path()).unwrap(),
+        probe(EngineChoice::Psync).unwrap(),
+        Arc::new(Metrics::default()),
+        config,
+    )
+    .unwrap();
+    fill(&cache, 6).await; // 8 entries, 2 kept open
+    let reads = || cache.metrics.index_file_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let ids = cache.entry_ids();
+    for _epoch in 0..2 {
+        for id in &ids {
+            let obj = cache.open_id(*id).unwrap().unwrap();
+            for b in 0..obj.block_count() {
+                assert!(cache.read_verified(&obj, b).await.is_some(), "block {b} of {}", obj.header().key);
+            }
+        }
+    }
+    assert_eq!(reads(), 0, "an entry that left memory read its index file again");
+
+    let changed = cache.open_id(ids[0]).unwrap().unwrap();
+    assert!(changed.index.lock().unwrap().is_image());
+    changed.drop_block(0);
+    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&cache.dir.paths(&ids[0]).1).unwrap();
+    assert!(!on_disk.is_present(0), "the change did not reach the index file");
+    drop(changed);
+    for id in &ids[1..] {
+        cache.open_id(*id).unwrap().unwrap(); // pushes the changed entry out of memory
+    }
+    let again = cache.open_id(ids[0]).unwrap().unwrap();
+    assert!(!again.is_present(0), "a reopen used bytes from before the change");
+}
