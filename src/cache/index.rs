@@ -41,9 +41,9 @@ pub enum IndexError {
     },
 }
 
-/// An index: header, state, presence bitmap and block records; mapped from its file, or, after a
-/// clean remount, a copy of its image in the checkpoint until the first change (see
-/// [`super::images`]).
+/// An index: header, state, presence bitmap and block records; mapped from its file, or a copy
+/// of an image of it (from the checkpoint, or kept when the entry last left memory) until the
+/// first change (see [`super::images`]).
 pub struct ObjectIndex {
     header: IndexHeader,
     layout: Layout,
@@ -54,7 +54,7 @@ pub struct ObjectIndex {
 enum Store {
     /// The index file, mapped: every change is a change of the file.
     Mapped(MmapMut),
-    /// The checkpoint's image of the file, which equals it; the first change maps the file.
+    /// An image of the file, which equals it; the first change maps the file.
     Image { bytes: Vec<u8>, path: PathBuf, images: Arc<Images>, id: ObjectId },
     /// An image whose file could not be mapped when it had to change (out of descriptors, the
     /// file gone or changed): this mount's changes stay in memory, the file keeps its older
@@ -94,14 +94,14 @@ impl ObjectIndex {
         Ok(Self { header, layout, store: Store::Mapped(map) })
     }
 
-    /// An index from entry `id`'s checkpoint image, which stands for the file at `path` until
+    /// An index from entry `id`'s image, which stands for the file at `path` until
     /// the first change. Checked like a file: header hash, then length against the layout.
     pub(super) fn from_image(path: &Path, bytes: Vec<u8>, images: Arc<Images>, id: ObjectId) -> Result<Self, FormatError> {
         let (header, layout) = parse(&bytes)?;
         Ok(Self { header, layout, store: Store::Image { bytes, path: path.to_path_buf(), images, id } })
     }
 
-    /// Whether the index is still its checkpoint image (nothing read from its file).
+    /// Whether the index is still an image (nothing read from its file).
     pub fn is_image(&self) -> bool {
         matches!(self.store, Store::Image { .. })
     }
@@ -124,8 +124,8 @@ impl ObjectIndex {
         }
     }
 
-    /// The bytes to change; an image first maps its file, copies itself over it (the access
-    /// time may differ) and retires from the checkpoint's images.
+    /// The bytes to change; an image first retires, then maps its file and copies itself over
+    /// it (only the access time may differ).
     fn bytes_mut(&mut self) -> &mut [u8] {
         if let Store::Image { .. } = self.store {
             let Store::Image { bytes, path, images, id } = std::mem::replace(&mut self.store, Store::Detached(Vec::new())) else {

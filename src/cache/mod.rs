@@ -129,7 +129,8 @@ pub struct BlockCache {
     metrics: Arc<Metrics>,
     config: CacheConfig,
     state: Mutex<State>,
-    /// The index images of the checkpoint the cache was opened from, if any.
+    /// Index images: the checkpoint's the cache was opened from, and those of entries that left
+    /// memory.
     images: Arc<images::Images>,
     /// Told the data file path of every entry deleted, so whoever holds the file open beyond
     /// the cache (the kernel, through a passthrough backing) lets go and its blocks are freed.
@@ -266,8 +267,8 @@ impl BlockCache {
         Ok(Some(self.activate(&mut state, id, index, data, data_path)))
     }
 
-    /// Entry `id`'s index: from its checkpoint image if that still stands for the file (no
-    /// disk I/O), else mapped from the file. An image that fails its checks is retired and the
+    /// Entry `id`'s index: from its image if one still stands for the file (no disk I/O), else
+    /// mapped from the file. An image that fails its checks is retired and the
     /// file read instead.
     fn index_of(&self, id: ObjectId, idx_path: &std::path::Path) -> Result<ObjectIndex, IndexError> {
         if let Some(bytes) = self.images.get(&id) {
