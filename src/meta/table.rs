@@ -88,10 +88,12 @@ impl Etag {
     fn unpack(&self) -> String {
         match self {
             Self::Md5(d) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut s = String::with_capacity(34);
                 s.push('"');
                 for b in d {
-                    s.push_str(&format!("{b:02x}"));
+                    s.push(HEX[(b >> 4) as usize] as char);
+                    s.push(HEX[(b & 15) as usize] as char);
                 }
                 s.push('"');
                 s
