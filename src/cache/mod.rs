@@ -275,7 +275,7 @@ impl BlockCache {
             match ObjectIndex::from_image(idx_path, bytes, self.images.clone(), id) {
                 Ok(index) => return Ok(index),
                 Err(e) => {
-                    tracing::warn!("checkpoint image of {} is unusable ({e}); reading the file", idx_path.display());
+                    tracing::warn!("index image of {} is unusable ({e}); reading the file", idx_path.display());
                     self.images.retire(&id);
                 }
             }
@@ -423,13 +423,12 @@ impl BlockCache {
         self.open_existing(&h.bucket, &h.object_info())
     }
 
-    /// Entry `id`'s index as it stands on disk, read from its checkpoint image if that still
-    /// stands for the file.
+    /// Entry `id`'s index as it stands on disk, read from its image if one still stands for the
+    /// file.
     fn snapshot_of(&self, id: &ObjectId) -> Result<index::IndexSnapshot, IndexError> {
-        let path = self.dir.paths(id).1;
         match self.images.get(id).map(index::IndexSnapshot::parse) {
             Some(Ok(snap)) => Ok(snap),
-            _ => ObjectIndex::read_snapshot(&path),
+            _ => ObjectIndex::read_snapshot(&self.dir.paths(id).1),
         }
     }
 

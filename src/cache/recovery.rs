@@ -118,8 +118,8 @@ pub fn read_indexes(dir: &CacheDir) -> std::io::Result<Indexes> {
         let snapshots = images
             .into_iter()
             .map(|(id, bytes)| {
-                let path = dir.paths(&id).1.display().to_string();
-                (id, index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path, source }))
+                let path = || dir.paths(&id).1.display().to_string();
+                (id, index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path: path(), source }))
             })
             .collect();
         return Ok(Indexes { snapshots, accounted: Some(accounted) });

@@ -118,6 +118,13 @@ pub struct LockStamp {
 }
 
 impl LockStamp {
+    /// The stamp of a lock file as it stands, with the pid written in it (0 if none or unreadable).
+    fn read(file: &mut File) -> std::io::Result<Self> {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        Self::of(file, pid.trim().parse().unwrap_or(0))
+    }
+
     fn of(file: &File, pid: u32) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = file.metadata()?;
@@ -165,9 +172,7 @@ impl CacheDir {
             let _ = lock.read_to_string(&mut pid);
             return Err(CacheDirError::Locked { path: root.to_path_buf(), pid: pid.trim().to_string() });
         }
-        let mut previous = String::new();
-        let _ = lock.read_to_string(&mut previous);
-        let before = LockStamp::of(&lock, previous.trim().parse().unwrap_or(0)).map_err(io(&lock_path))?;
+        let before = LockStamp::read(&mut lock).map_err(io(&lock_path))?;
         lock.set_len(0).map_err(io(&lock_path))?;
         std::io::Seek::rewind(&mut lock).map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
@@ -243,10 +248,7 @@ impl CacheDir {
     /// The lock file's state now, as a reader sees it (no lock taken): a checkpoint made for
     /// this state describes the directory as it is.
     pub fn lock_stamp_now(&self) -> Option<LockStamp> {
-        let mut file = File::open(self.root.join(LOCK)).ok()?;
-        let mut pid = String::new();
-        file.read_to_string(&mut pid).ok()?;
-        LockStamp::of(&file, pid.trim().parse().unwrap_or(0)).ok()
+        LockStamp::read(&mut File::open(self.root.join(LOCK)).ok()?).ok()
     }
 
     /// The directory.
