@@ -40,7 +40,8 @@ fn index(c: &mut Criterion) {
         key: "k".into(),
         etag: "\"e\"".into(),
     };
-    let mut idx = ObjectIndex::create(&dir.path().join("x.idx"), header).unwrap();
+    let catalog = hoardfs::cache::catalog::Catalog::new(dir.path(), []).unwrap();
+    let mut idx = ObjectIndex::create(&catalog, &hoardfs::cache::ObjectId([1; 32]), header).unwrap();
     let mut g = c.benchmark_group("index (10 GiB object)");
     g.bench_function("is_present", |b| {
         let mut i = 0u64;

@@ -1,5 +1,5 @@
 //! `hoardfs cache stat | ls | verify | evict`: what a cache directory holds, whether it is
-//! intact, and removing parts of it. `stat` and `ls` read index files with plain reads and take
+//! intact, and removing parts of it. `stat` and `ls` read the catalog with plain reads and take
 //! no lock, so they run beside a mount; `verify` and `evict` change the directory and take its
 //! lock, so they refuse to run while a mount owns it.
 
@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::cache::format::VerifyState;
-use crate::cache::index::ObjectIndex;
+use crate::cache::index::{IndexError, IndexSnapshot};
 use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
-use crate::cache::{read_indexes, BlockCache, CacheConfig, CacheDir, CacheDirError, Indexes};
+use crate::cache::{read_indexes, BlockCache, CacheConfig, CacheDir, CacheDirError, ObjectId};
 use crate::checksum::{block_crc, Algorithm};
 use crate::io::{probe, EngineChoice};
 use crate::metrics::Metrics;
@@ -56,17 +56,20 @@ pub struct EntryReport {
     pub blocks: u64,
     /// Present blocks.
     pub present_blocks: u64,
+    /// Bytes its data file takes on disk (present blocks in 4 KiB units).
+    #[serde(skip)]
+    pub disk_bytes: u64,
 }
 
-/// Every readable entry matching `filter`, and how many index files could not be read.
+/// Every readable entry matching `filter`, and how many indexes could not be read.
 pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryReport>, usize)> {
     Ok(report_entries(read_indexes(dir)?, filter))
 }
 
-fn report_entries(indexes: Indexes, filter: &Filter) -> (Vec<EntryReport>, usize) {
+fn report_entries(indexes: Vec<(ObjectId, Result<IndexSnapshot, IndexError>)>, filter: &Filter) -> (Vec<EntryReport>, usize) {
     let mut out = Vec::new();
     let mut unreadable = 0;
-    for (_, snap) in indexes.snapshots {
+    for (_, snap) in indexes {
         let Ok(snap) = snap else {
             unreadable += 1;
             continue;
@@ -89,6 +92,7 @@ fn report_entries(indexes: Indexes, filter: &Filter) -> (Vec<EntryReport>, usize
             last_access: snap.last_access(),
             blocks: h.block_count(),
             present_blocks: present.len() as u64,
+            disk_bytes: present.iter().map(|&b| crate::cache::round_up(h.block_len(b) as u64)).sum(),
         });
     }
     (out, unreadable)
@@ -99,6 +103,8 @@ fn report_entries(indexes: Indexes, filter: &Filter) -> (Vec<EntryReport>, usize
 pub struct StatReport {
     /// The directory.
     pub cache_dir: String,
+    /// Its format version (1 is upgraded in place by the next writer or `cache upgrade`).
+    pub format_version: u32,
     /// Object versions cached.
     pub objects: usize,
     /// Blocks present.
@@ -136,14 +142,12 @@ pub struct MountStatus {
 
 /// Builds the `cache stat` report.
 pub fn stat(dir: &CacheDir) -> std::io::Result<StatReport> {
-    let indexes = read_indexes(dir)?;
-    // A clean close leaves the entries' accounted bytes (what `du` counts of them) in the
-    // checkpoint: then only the files beside the objects are walked.
-    let bytes_on_disk = match indexes.accounted {
-        Some(accounted) => accounted + disk_usage_except_objects(dir.root()),
-        None => disk_usage(dir.root()),
-    };
-    let (all, unreadable) = report_entries(indexes, &Filter::default());
+    let (all, unreadable) = report_entries(read_indexes(dir)?, &Filter::default());
+    // Data files are sparse and hold exactly their present blocks, each rounded up to the 4 KiB
+    // units `du` counts, so only the files beside the objects are walked (a `stat` per data
+    // file took seconds at 100,000 objects).
+    let data_on_disk: u64 = all.iter().map(|e| e.disk_bytes).sum();
+    let bytes_on_disk = data_on_disk + disk_usage_except_objects(dir.root());
     let count = |s: VerifyState| all.iter().filter(|e| e.verify == s).count();
     let mount = running_mount(dir).or_else(|| {
         MountRecord::read(&dir.root().join(LAST_MOUNT_RECORD)).map(|r| MountStatus {
@@ -154,6 +158,7 @@ pub fn stat(dir: &CacheDir) -> std::io::Result<StatReport> {
     });
     Ok(StatReport {
         cache_dir: dir.root().display().to_string(),
+        format_version: dir.found_version(),
         objects: all.len(),
         blocks: all.iter().map(|e| e.present_blocks).sum(),
         bytes_cached: all.iter().map(|e| e.cached_bytes).sum(),
@@ -340,7 +345,7 @@ pub fn evict(cache: &BlockCache, what: &EvictWhat) -> EvictReport {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut report = EvictReport::default();
     for id in cache.entry_ids() {
-        let Ok(snap) = ObjectIndex::read_snapshot(&cache.dir().paths(&id).1) else { continue };
+        let Ok(snap) = cache.snapshot(&id) else { continue };
         let h = &snap.header;
         let chosen = match what {
             EvictWhat::All => true,

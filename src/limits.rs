@@ -9,7 +9,7 @@
 
 /// Descriptors kept free for everything that is not a pool: FUSE channels (one per thread),
 /// S3 connections (at most `--max-concurrent-gets` GETs plus metadata requests), io_uring,
-/// the log, the lock, index files being read, the metrics listener.
+/// the log, the lock, the catalog's slabs, the metrics listener.
 const RESERVED: u64 = 256;
 /// The largest number of cache entries kept open, however high the limit. Default: 4096.
 pub const MAX_OPEN_ENTRIES: usize = 4096;

@@ -53,7 +53,6 @@ metrics! {
     shared_puts => "hoardfs_shared_puts_total", "Verified blocks written to the shared tier.";
     shared_put_failures => "hoardfs_shared_put_failures_total", "Blocks not written to the shared tier (queue full, read-back or PUT failed); dropped.";
     fuse_lookups => "hoardfs_fuse_lookups_total", "LOOKUP requests from the kernel (names it did not get from a directory read).";
-    index_file_reads => "hoardfs_cache_index_file_reads_total", "Index files opened and mapped to open a cache entry (none for an entry whose checkpoint image stands for its file).";
     passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
 }
 

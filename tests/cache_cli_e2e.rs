@@ -110,10 +110,9 @@ fn inspection_verification_and_eviction_match_what_was_read() {
 
 fn corrupt_first_byte_of(cache: &Path, key: &str) {
     let dir = hoardfs::cache::CacheDir::open_read_only(cache).unwrap();
-    let (ids, _) = dir.scan().unwrap();
-    for id in ids {
-        let (data, idx) = dir.paths(&id);
-        if hoardfs::cache::index::ObjectIndex::read_snapshot(&idx).unwrap().header.key == key {
+    for (id, snap) in hoardfs::cache::read_indexes(&dir).unwrap() {
+        let data = dir.data_path(&id);
+        if snap.unwrap().header.key == key {
             let mut bytes = std::fs::read(&data).unwrap();
             bytes[0] ^= 0xff;
             std::fs::write(&data, bytes).unwrap();
@@ -159,4 +158,88 @@ fn warm_then_mount_reads_with_zero_gets() {
         assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
     }
     assert_eq!(mount.gets(), 0, "a warmed cache serves the mount without GetObject");
+}
+
+/// Rewrites a format 2 cache dir as format 1 wrote it: each index in its own file beside its
+/// data file, no catalog, marker version 1 (the index bytes are the same in both formats).
+fn as_format_1(cache: &Path) {
+    let dir = hoardfs::cache::CacheDir::open_read_only(cache).unwrap();
+    for (id, snap) in hoardfs::cache::read_indexes(&dir).unwrap() {
+        std::fs::write(dir.v1_index_path(&id), snap.unwrap().bytes()).unwrap();
+    }
+    std::fs::remove_dir_all(cache.join("catalog")).unwrap();
+    let _ = std::fs::remove_file(cache.join("checkpoint"));
+    let marker = cache.join("hoardfs-cache");
+    let text = std::fs::read_to_string(&marker).unwrap().replace("format-version = 2", "format-version = 1");
+    std::fs::write(marker, text).unwrap();
+}
+
+/// A cache dir of format 1 (one index file per object) is reported as such by `cache stat`,
+/// upgraded in place by `cache upgrade` with nothing lost, and a mount then serves every byte
+/// with no GET; a second format 1 dir is upgraded by the mount itself.
+#[test]
+fn a_format_1_cache_dir_is_upgraded_in_place_by_the_cli_or_the_mount() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("up/f{i}"), bytes(40 + i, 3000 + 70_000 * i as usize))).collect();
+    let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    server.bucket("upgrade", &refs);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let dir = cache.to_str().unwrap();
+    let m = CliMount::start(&server, "upgrade", &tmp.path().join("fill"), &cache, &[], Limits::default());
+    read_all_parallel(&m.mountpoint, &objects, 2);
+    assert!(m.stop().0.success());
+    let filled = json(&["stat", "--cache-dir", dir, "--json"]);
+    assert_eq!((filled["format_version"].as_u64(), filled["objects"].as_u64()), (Some(2), Some(6)));
+    let mounted_copy = tmp.path().join("cache-2");
+    copy_dir(&cache, &mounted_copy);
+
+    as_format_1(&cache);
+    let old = json(&["stat", "--cache-dir", dir, "--json"]);
+    assert_eq!((old["format_version"].as_u64(), old["objects"].as_u64()), (Some(1), Some(6)), "{old}");
+    assert_eq!(old["bytes_cached"], filled["bytes_cached"]);
+    let (ok, out, err) = cache_cmd(&["upgrade", "--cache-dir", dir]);
+    assert!(ok && out.contains("from format 1 to 2 (6 objects kept)"), "{out}{err}");
+    let new = json(&["stat", "--cache-dir", dir, "--json"]);
+    assert_eq!((new["format_version"].as_u64(), new["objects"].as_u64()), (Some(2), Some(6)), "{new}");
+    assert_eq!(new["bytes_cached"], filled["bytes_cached"]);
+    let (ok, out, _) = cache_cmd(&["upgrade", "--cache-dir", dir]);
+    assert!(ok && out.contains("already format 2"), "{out}");
+
+    for (cache, name) in [(cache.clone(), "after-cli"), (mounted_copy.clone(), "upgraded-by-mount")] {
+        if name == "upgraded-by-mount" {
+            as_format_1(&cache);
+        }
+        let m = CliMount::start(&server, "upgrade", &tmp.path().join(name), &cache, &[], Limits::default());
+        read_all_parallel(&m.mountpoint, &objects, 2);
+        let (status, log) = m.stop();
+        assert!(status.success(), "{log}");
+        assert_eq!(last_mount_counter(&cache, "hoardfs_s3_get_requests_total"), 0, "{name}: an upgrade lost cached bytes\n{log}");
+        let idx_files = walk(&cache.join("objects")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "idx")).count();
+        assert_eq!(idx_files, 0, "{name}: index files left behind");
+    }
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }

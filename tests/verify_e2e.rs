@@ -143,7 +143,7 @@ fn a_full_cache_disk_with_corrupted_bodies_serves_no_wrong_byte() {
     drop(filler);
     let (flaky, handle) = mount_faulty(&server, tmp.path(), &cache);
     assert_faults_handled(handle.mountpoint(), &flaky, &handle);
-    let entries = hoardfs::cache::CacheDir::open_read_only(&cache).unwrap().scan().unwrap().0;
+    let entries = hoardfs::cache::CacheDir::open_read_only(&cache).unwrap().scan().unwrap().data;
     assert!(entries.is_empty(), "the disk was not full: {} entries were created", entries.len());
     handle.unmount().unwrap();
 }

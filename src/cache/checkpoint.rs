@@ -1,8 +1,7 @@
 //! The checkpoint: what a mount knows of the whole cache (every entry's id, accounted bytes,
-//! place in the eviction order, bucket and key, and the image of its index), written in one file
-//! when the cache is closed cleanly, so the next mount reads one file instead of every index (a
-//! 100,000-object remount read 100,000 index files), and opens after it read no index file
-//! either (see [`super::images`]).
+//! place in the eviction order, bucket and key, and the catalog slot of its index), written in
+//! one file when the cache is closed cleanly, so the next mount reads one file instead of the
+//! whole catalog.
 //!
 //! It is a cache of the indexes, never the only copy of anything: it is trusted only if the
 //! directory's lock file is exactly as the closing process left it (same pid, inode, mtime and
@@ -17,18 +16,18 @@ use std::path::{Path, PathBuf};
 
 use lru::LruCache;
 
-use super::images::{ImageAt, Images};
+use super::catalog::SlotAt;
 use super::store::{write_private, LockStamp};
 use super::ObjectId;
 
 /// The file's name in the cache dir.
 pub const CHECKPOINT: &str = "checkpoint";
 const MAGIC: &[u8; 8] = b"HOARDCKP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 64;
 const TRAILER_LEN: usize = 32;
-/// An entry without its image: id, accounted bytes, rank, image length.
-const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
+/// An entry: id, accounted bytes, rank, slot size, slot.
+const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 4;
 
 /// The in-memory state a checkpoint holds.
 pub(super) struct Snapshot {
@@ -40,8 +39,8 @@ pub(super) struct Snapshot {
     pub versions: BTreeMap<String, Vec<ObjectId>>,
     /// The reverse of `versions`.
     pub version_of: HashMap<ObjectId, String>,
-    /// Every entry's index image.
-    pub images: Images,
+    /// Every entry's catalog slot.
+    pub slots: HashMap<ObjectId, SlotAt>,
 }
 
 /// Why a checkpoint was not used.
@@ -61,15 +60,14 @@ pub(super) enum CheckpointError {
     Damaged(&'static str),
 }
 
-/// Encodes `versions` and `lru`, with each entry's index bytes as `image` gives them, as a
-/// checkpoint for a lock file in state `stamp`. `None` if some entry has no bucket and key known
-/// (its index was unreadable at the last scan) or no image: such a cache is scanned again rather
-/// than described partly.
+/// Encodes `versions`, `lru` and `slots` as a checkpoint for a lock file in state `stamp`.
+/// `None` if some entry has no bucket and key known or no slot: such a cache is scanned again
+/// rather than described partly.
 pub(super) fn encode(
     stamp: &LockStamp,
     lru: &LruCache<ObjectId, u64>,
     versions: &BTreeMap<String, Vec<ObjectId>>,
-    mut image: impl FnMut(&ObjectId) -> Option<Vec<u8>>,
+    slots: &HashMap<ObjectId, SlotAt>,
 ) -> Option<Vec<u8>> {
     let described: usize = versions.values().map(Vec::len).sum();
     if described != lru.len() {
@@ -78,7 +76,7 @@ pub(super) fn encode(
     // Rank 0 is the least recently used entry.
     let rank: HashMap<ObjectId, u32> = lru.iter().rev().enumerate().map(|(i, (id, _))| (*id, i as u32)).collect();
     let total: u64 = lru.iter().map(|(_, b)| *b).sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + lru.len() * (ENTRY_LEN + 256) + TRAILER_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + lru.len() * (ENTRY_LEN + 32) + TRAILER_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&stamp.pid.to_le_bytes());
@@ -98,9 +96,9 @@ pub(super) fn encode(
             out.extend_from_slice(&id.0);
             out.extend_from_slice(&lru.peek(id)?.to_le_bytes());
             out.extend_from_slice(&rank.get(id)?.to_le_bytes());
-            let image = image(id)?;
-            out.extend_from_slice(&u32::try_from(image.len()).ok()?.to_le_bytes());
-            out.extend_from_slice(&image);
+            let at = slots.get(id)?;
+            out.extend_from_slice(&at.size.to_le_bytes());
+            out.extend_from_slice(&at.slot.to_le_bytes());
         }
         previous = key;
     }
@@ -109,9 +107,8 @@ pub(super) fn encode(
     Some(out)
 }
 
-/// Decodes a checkpoint, trusting it only if it was made for a lock file in state `stamp`; the
-/// images are located, not parsed (an open parses the one it uses).
-pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<(Snapshot, HashMap<ObjectId, ImageAt>), CheckpointError> {
+/// Decodes a checkpoint, trusting it only if it was made for a lock file in state `stamp`.
+pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<Snapshot, CheckpointError> {
     use CheckpointError::Damaged;
     if bytes.len() < HEADER_LEN + TRAILER_LEN || &bytes[..8] != MAGIC {
         return Err(Damaged("no checkpoint header"));
@@ -137,7 +134,7 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<(Snapshot, HashM
     let mut by_rank: Vec<Option<(ObjectId, u64)>> = vec![None; count];
     let mut versions = BTreeMap::new();
     let mut version_of = HashMap::with_capacity(count);
-    let mut images = HashMap::with_capacity(count);
+    let mut slots = HashMap::with_capacity(count);
     let mut key: Vec<u8> = Vec::new();
     let mut sum = 0u64;
     while r.at < body.len() {
@@ -158,9 +155,7 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<(Snapshot, HashM
             let id = ObjectId(r.take(32)?.try_into().expect("32 bytes"));
             let bytes = r.u64()?;
             let rank = r.u32()? as usize;
-            let len = r.u32()? as usize;
-            images.insert(id, ImageAt { offset: r.at, len, touched: None });
-            r.take(len)?;
+            slots.insert(id, SlotAt { size: r.u32()?, slot: r.u32()? });
             match by_rank.get_mut(rank) {
                 Some(slot @ None) => *slot = Some((id, bytes)),
                 _ => return Err(Damaged("an eviction rank is out of range or repeated")),
@@ -181,37 +176,20 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<(Snapshot, HashM
     if lru.len() != count {
         return Err(Damaged("an eviction rank is missing"));
     }
-    Ok((Snapshot { lru, total, versions, version_of, images: Images::none() }, images))
+    if slots.len() != count {
+        return Err(Damaged("an entry is listed twice"));
+    }
+    Ok(Snapshot { lru, total, versions, version_of, slots })
 }
 
-/// Maps and decodes `dir/checkpoint`; the mapping, which outlives the file's removal, holds
-/// the images.
+/// Reads and decodes `dir/checkpoint`.
 pub(super) fn load(dir: &Path, stamp: &LockStamp) -> Result<Snapshot, CheckpointError> {
     let path = dir.join(CHECKPOINT);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CheckpointError::Missing),
-        Err(source) => return Err(CheckpointError::Io { path, source }),
-    };
-    // SAFETY: the file is private to the cache dir's one writer, which is this process (the
-    // caller holds the lock), and it is only ever replaced by rename, never written in place,
-    // so the mapped bytes cannot change under us.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| CheckpointError::Io { path, source })?;
-    let (mut snapshot, at) = decode(&map, stamp)?;
-    snapshot.images = Images::new(map, at);
-    Ok(snapshot)
-}
-
-/// Every entry's index image and the accounted total, if `dir` holds a checkpoint that
-/// describes it now: for readers beside the directory's writers (`cache stat`, `cache ls`),
-/// which take no lock. The file is read before the lock file is looked at, so a writer that
-/// started meanwhile (it rewrites the lock before it changes anything) makes it stale.
-pub(super) fn current(dir: &super::CacheDir) -> Option<(u64, Vec<(ObjectId, Vec<u8>)>)> {
-    let bytes = std::fs::read(dir.root().join(CHECKPOINT)).ok()?;
-    let stamp = dir.lock_stamp_now()?;
-    let (snapshot, at) = decode(&bytes, &stamp).ok()?;
-    let images = at.into_iter().map(|(id, at)| (id, bytes[at.offset..at.offset + at.len].to_vec())).collect();
-    Some((snapshot.total, images))
+    match std::fs::read(&path) {
+        Ok(bytes) => decode(&bytes, stamp),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CheckpointError::Missing),
+        Err(source) => Err(CheckpointError::Io { path, source }),
+    }
 }
 
 /// Writes `bytes` as `dir/checkpoint` (through a temporary file and a rename, no fsync: a torn
@@ -262,22 +240,8 @@ impl super::BlockCache {
     pub fn checkpoint(&self) {
         let Some((_, stamp)) = self.dir.lock_stamps() else { return };
         let mut state = self.state.lock().unwrap();
-        // Each entry's index: as held in memory if open, else its image if that still stands
-        // for the file, else the file (read from many threads: after a scan, that is most).
-        let unread: Vec<ObjectId> = state
-            .lru
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| state.open.get(id).and_then(std::sync::Weak::upgrade).is_none() && !self.images.has(id))
-            .collect();
-        let mut read: HashMap<ObjectId, Vec<u8>> =
-            super::read_snapshots(&self.dir, &unread).into_iter().filter_map(|(id, s)| Some((id, s.ok()?.into_bytes()))).collect();
-        let image = |id: &ObjectId| match state.open.get(id).and_then(std::sync::Weak::upgrade) {
-            Some(obj) => Some(obj.index.lock().unwrap().bytes().to_vec()),
-            None => self.images.get(id).or_else(|| read.remove(id)),
-        };
-        let Some(bytes) = encode(&stamp, &state.lru, &state.versions, image) else {
-            tracing::info!("no cache checkpoint written: some entry was unreadable at the last scan");
+        let Some(bytes) = encode(&stamp, &state.lru, &state.versions, &state.slots) else {
+            tracing::info!("no cache checkpoint written: the state does not describe every entry");
             return;
         };
         match store(self.dir.root(), &bytes) {

@@ -36,19 +36,6 @@ pub struct CachedObject {
     pub(super) proven: Mutex<std::collections::HashMap<u64, [u8; 32]>>,
     /// Set when a background pass checking every block has started in this mount.
     pub(super) check_pass: AtomicBool,
-    /// Where the index's bytes go when the entry leaves memory.
-    pub(super) images: Arc<super::images::Images>,
-}
-
-impl Drop for CachedObject {
-    /// Leaving memory (past the entries kept open): the index bytes, which stand for the file,
-    /// are kept so the next open of the entry in this mount reads no index file. An entry that
-    /// is being deleted is retired from the images after this runs (see `BlockCache::forget`).
-    fn drop(&mut self) {
-        if let Some(bytes) = self.index.get_mut().ok().and_then(|i| i.file_bytes()) {
-            self.images.keep(self.id, bytes);
-        }
-    }
 }
 
 impl CachedObject {
@@ -225,8 +212,15 @@ impl CachedObject {
 
     pub(super) fn entry_bytes(&self) -> u64 {
         let index = self.index.lock().unwrap();
-        let idx_len = Layout::new(self.header.encoded_len(), self.block_count()).file_len as u64;
-        let data: u64 = (0..self.block_count()).filter(|&b| index.is_present(b)).map(|b| round_up(self.header.block_len(b) as u64)).sum();
-        round_up(idx_len) + data
+        accounted_bytes(&self.header, |b| index.is_present(b))
     }
+}
+
+/// What an entry is charged (see "Size accounting" in cache-format/README.md): its catalog
+/// slot, and each present block rounded up to the 4 KiB units `du` counts.
+pub(super) fn accounted_bytes(header: &IndexHeader, is_present: impl Fn(u64) -> bool) -> u64 {
+    let index_len = Layout::new(header.encoded_len(), header.block_count()).file_len;
+    let slot = super::catalog::slot_size_for(index_len).unwrap_or(u32::MAX) as u64;
+    let data: u64 = (0..header.block_count()).filter(|&b| is_present(b)).map(|b| round_up(header.block_len(b) as u64)).sum();
+    slot + data
 }

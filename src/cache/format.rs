@@ -1,15 +1,17 @@
-//! The index file, byte by byte: encoding, decoding and the layout arithmetic.
+//! An index (a catalog slot's contents; format 1's index file), byte by byte: encoding,
+//! decoding and the layout arithmetic.
 //!
 //! `cache-format/README.md` is the prose specification of what is here; the golden-bytes test
-//! below fails whenever the encoding changes, which is the signal to bump [`FORMAT_VERSION`].
+//! below fails whenever the encoding changes, which is the signal to bump [`INDEX_VERSION`].
 //! All integers are little-endian.
 
 use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
-/// First eight bytes of every index file.
+/// First eight bytes of every index.
 pub const INDEX_MAGIC: [u8; 8] = *b"HOARDIDX";
-/// Index and cache-directory format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the index encoding (the cache directory's is `store::DIR_VERSION`): format 2 moved
+/// indexes into the catalog without changing a byte of them.
+pub const INDEX_VERSION: u32 = 1;
 /// Bytes of fixed fields before the variable-length strings.
 pub const FIXED_HEADER_LEN: usize = 72;
 /// Bytes of the mutable state section.
@@ -27,7 +29,7 @@ pub enum FormatError {
     #[error("not a hoardfs index (bad magic)")]
     BadMagic,
     /// Written by a newer hoardfs.
-    #[error("index format version {found} is newer than this hoardfs understands ({FORMAT_VERSION}); upgrade hoardfs")]
+    #[error("index format version {found} is newer than this hoardfs understands ({INDEX_VERSION}); upgrade hoardfs")]
     NewerVersion {
         /// Version in the file.
         found: u32,
@@ -138,7 +140,7 @@ impl IndexHeader {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(FIXED_HEADER_LEN + 256);
         out.extend_from_slice(&INDEX_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
         out.extend_from_slice(&(self.encoded_len() as u32).to_le_bytes());
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes()); // flags, reserved
@@ -190,10 +192,10 @@ impl IndexHeader {
             return Err(FormatError::BadMagic);
         }
         let version = r.u32()?;
-        if version > FORMAT_VERSION {
+        if version > INDEX_VERSION {
             return Err(FormatError::NewerVersion { found: version });
         }
-        if version != FORMAT_VERSION {
+        if version != INDEX_VERSION {
             return Err(FormatError::Corrupt("unknown older format version"));
         }
         let header_len = r.u32()? as usize;
@@ -314,7 +316,7 @@ pub(crate) mod tests {
 
     #[test]
     fn golden_header_bytes() {
-        // If this fails, the encoding changed: bump FORMAT_VERSION and write new vectors.
+        // If this fails, the encoding changed: bump INDEX_VERSION and write new vectors.
         let expected = include_bytes!("../../cache-format/vectors/header-v1.bin");
         assert_eq!(vector_header().encode(), expected.as_slice());
     }

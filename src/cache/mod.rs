@@ -1,17 +1,17 @@
 //! The persistent block cache: which blocks of which object versions are on local disk, reading
 //! them back verified, writing new ones, and keeping the directory under its size limit.
 //!
-//! Layers: [`store`] knows paths, the marker and the lock; [`format`] and [`index`] know the
-//! index bytes; this module ties them to an [`IoEngine`] and the eviction order. A block read
+//! Layers: [`store`] knows paths, the marker and the lock; [`catalog`] knows the slots that
+//! hold the indexes, and [`format`] and [`index`] the index bytes; this module ties them to an [`IoEngine`] and the eviction order. A block read
 //! that fails in any way (I/O error, blake3 mismatch) is a *miss*, never an error to the reader:
 //! the fetcher gets the bytes from S3 again.
 
 mod blocks;
+pub mod catalog;
 mod checkpoint;
 mod descriptors;
 mod entry;
 pub mod format;
-mod images;
 pub mod index;
 mod recovery;
 pub mod store;
@@ -30,8 +30,8 @@ use crate::object::ObjectInfo;
 pub use entry::CachedObject;
 use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
+pub use recovery::read_indexes;
 use recovery::Recovered;
-pub use recovery::{read_indexes, read_snapshots, Indexes};
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default
@@ -114,6 +114,8 @@ struct State {
     versions: BTreeMap<String, Vec<ObjectId>>,
     /// The reverse of `versions`.
     version_of: HashMap<ObjectId, String>,
+    /// Where each entry's index lives in the catalog.
+    slots: HashMap<ObjectId, catalog::SlotAt>,
     /// A checkpoint of this state is on disk: the next change removes it.
     checkpointed: bool,
 }
@@ -129,9 +131,8 @@ pub struct BlockCache {
     metrics: Arc<Metrics>,
     config: CacheConfig,
     state: Mutex<State>,
-    /// Index images: the checkpoint's the cache was opened from, and those of entries that left
-    /// memory.
-    images: Arc<images::Images>,
+    /// The slots holding every entry's index.
+    catalog: catalog::Catalog,
     /// Told the data file path of every entry deleted, so whoever holds the file open beyond
     /// the cache (the kernel, through a passthrough backing) lets go and its blocks are freed.
     on_delete: std::sync::OnceLock<Box<dyn Fn(&std::path::Path) + Send + Sync>>,
@@ -139,11 +140,12 @@ pub struct BlockCache {
 
 impl BlockCache {
     /// Opens the directory (which must already be locked by `dir`) and rebuilds the eviction
-    /// order and size accounting from the index files: nothing is wiped. Leftovers of a crash
-    /// (temp files, data without index) and unreadable indexes are deleted; indexes of a newer
-    /// format are left alone.
+    /// order and size accounting from its checkpoint or its catalog: nothing is wiped.
+    /// Leftovers of a crash (temp files, data without an index) and damaged indexes are
+    /// deleted; a format 1 directory's index files move into the catalog.
     pub fn open(dir: CacheDir, io: Arc<dyn IoEngine>, metrics: Arc<Metrics>, config: CacheConfig) -> std::io::Result<Self> {
-        let Recovered { lru, total, versions, version_of, images } = recovery::recover(&dir)?;
+        let (Recovered { lru, total, versions, version_of, slots }, catalog) = recovery::recover(&dir)?;
+        catalog.will_need();
         let warm_capacity = std::num::NonZeroUsize::new(config.open_entries.max(1)).expect("at least 1");
         Ok(Self {
             dir,
@@ -159,9 +161,10 @@ impl BlockCache {
                 full_until: None,
                 versions,
                 version_of,
+                slots,
                 checkpointed: false,
             }),
-            images: Arc::new(images),
+            catalog,
             on_delete: std::sync::OnceLock::new(),
         })
     }
@@ -205,7 +208,7 @@ impl BlockCache {
     /// that entry's index header), for lookups by path while S3 cannot be reached.
     pub fn cached_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
         let ids = self.state.lock().unwrap().versions.get(&version_key(bucket, key)).cloned()?;
-        ids.iter().filter_map(|id| self.snapshot_of(id).ok()).max_by_key(|snap| snap.last_access()).map(|snap| snap.header.object_info())
+        ids.iter().filter_map(|id| self.snapshot(id).ok()).max_by_key(|snap| snap.last_access()).map(|snap| snap.header.object_info())
     }
 
     /// The entry for an object version if it is already in memory; never touches the disk, so
@@ -219,72 +222,57 @@ impl BlockCache {
         Some(obj)
     }
 
-    /// The entry for an object version if the cache has one (opening its files), else `None`.
-    /// A damaged entry is deleted and reported as absent. The files are opened and the index
-    /// read without the cache's lock (a cold index read is a random disk read, and opens of
-    /// different objects must not queue behind each other); callers on an async runtime run
-    /// this on a blocking thread.
+    /// The entry for an object version if the cache has one, else `None`. A damaged entry is
+    /// deleted and reported as absent. The index's slot and the data file are read in without
+    /// the cache's lock (each is a random disk read when cold, and opens of different objects
+    /// must not queue behind each other); callers on an async runtime run this on a blocking
+    /// thread.
     pub fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
         if let Some(obj) = self.open_in_memory(bucket, info) {
             return Ok(Some(obj));
         }
         let id = ObjectId::new(bucket, &info.key, &info.etag);
-        let (data_path, idx_path) = self.dir.paths(&id);
-        let index = match self.index_of(id, &idx_path) {
-            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => idx,
-            Err(IndexError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            // Out of descriptors, or a transient I/O error: the entry is not damaged. Report it
-            // (the read is then served verified without the cache) and leave it on disk.
-            Err(e @ IndexError::Io { .. }) => return Err(e.into()),
-            Ok(_) => {
-                tracing::warn!("cache entry {} does not describe s3://{bucket}/{}; replacing it", idx_path.display(), info.key);
-                return self.forget_unless_open(id);
-            }
-            Err(e @ IndexError::Format { .. }) => {
-                tracing::warn!("replacing damaged cache entry: {e}");
-                return self.forget_unless_open(id);
-            }
-        };
+        let Some(at) = self.state.lock().unwrap().slots.get(&id).copied() else { return Ok(None) };
+        self.catalog.prefault(at);
+        let data_path = self.dir.data_path(&id);
         let data = match self.retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path)) {
             Ok(data) => data,
-            // An index (or image) without its data file: the entry is damaged.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!("cache entry {} has no data file; replacing it", idx_path.display());
+                tracing::warn!("cache entry {} has no data file; replacing it", data_path.display());
                 return self.forget_unless_open(id);
             }
+            // Out of descriptors, or a transient I/O error: the entry is not damaged. Report it
+            // (the read is then served verified without the cache) and leave it on disk.
             Err(source) => return Err(CacheError::Io { path: data_path.display().to_string(), source }),
         };
         let mut state = self.state.lock().unwrap();
-        // Another opener of the same version may have got there first: one entry per version.
+        // Another opener of the same version may have got there first: one entry per version,
+        // and so one handle per slot.
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(Some(obj));
         }
-        // Evicted while its files were being opened (they are unlinked now): absent, so the
-        // caller makes a new entry rather than living on in deleted files nobody accounts for.
-        if !state.lru.contains(&id) {
+        // Evicted while the data file was being opened (it is unlinked now): absent, so the
+        // caller makes a new entry rather than living on in a deleted file nobody accounts for.
+        if state.slots.get(&id) != Some(&at) {
             return Ok(None);
         }
-        Ok(Some(self.activate(&mut state, id, index, data, data_path)))
-    }
-
-    /// Entry `id`'s index: from its image if one still stands for the file (no disk I/O), else
-    /// mapped from the file. An image that fails its checks is retired and the
-    /// file read instead.
-    fn index_of(&self, id: ObjectId, idx_path: &std::path::Path) -> Result<ObjectIndex, IndexError> {
-        if let Some(bytes) = self.images.get(&id) {
-            match ObjectIndex::from_image(idx_path, bytes, self.images.clone(), id) {
-                Ok(index) => return Ok(index),
-                Err(e) => {
-                    tracing::warn!("index image of {} is unusable ({e}); reading the file", idx_path.display());
-                    self.images.retire(&id);
-                }
+        let slot = self.catalog.open(at).map_err(|source| IndexError::Io { path: "cache catalog".into(), source })?;
+        let opened = ObjectIndex::open(slot);
+        let problem = match &opened {
+            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => None,
+            Ok(_) => Some(format!("it does not describe s3://{bucket}/{}", info.key)),
+            Err(e) => Some(e.to_string()),
+        };
+        match (opened, problem) {
+            (Ok(index), None) => Ok(Some(self.activate(&mut state, id, index, data, data_path))),
+            (opened, Some(problem)) => {
+                drop(opened); // the slot's one handle goes before the slot is freed
+                tracing::warn!("replacing cache entry {}: {problem}", id.hex());
+                self.forget(&mut state, id);
+                Ok(None)
             }
+            (Err(_), None) => unreachable!("an error always has a problem"),
         }
-        let opened = self.retrying_on_emfile(|| ObjectIndex::open(idx_path));
-        if opened.is_ok() {
-            crate::metrics::Metrics::add(&self.metrics.index_file_reads, 1);
-        }
-        opened
     }
 
     /// Deletes a damaged entry, unless someone holds it open by now (then it is theirs to use).
@@ -315,8 +303,7 @@ impl BlockCache {
             return Ok(obj);
         }
         self.spoil_checkpoint(&mut state);
-        self.images.retire(&id);
-        let (data_path, idx_path) = self.dir.paths(&id);
+        let data_path = self.dir.data_path(&id);
         let header = IndexHeader {
             block_size: self.config.block_size,
             object_size: info.size,
@@ -331,7 +318,15 @@ impl BlockCache {
         let f = Self::shedding_on_emfile(&mut state, || store::create_private(&data_path)).map_err(io_err)?;
         f.set_len(info.size).map_err(io_err)?;
         drop(f);
-        let mut index = Self::shedding_on_emfile(&mut state, || ObjectIndex::create(&idx_path, header.clone()))?;
+        let mut index = match ObjectIndex::create(&self.catalog, &id, header) {
+            Ok(index) => index,
+            Err(e) => {
+                // No slot (a full disk): the data file would be an orphan until the next scan.
+                let _ = std::fs::remove_file(&data_path);
+                return Err(e.into());
+            }
+        };
+        state.slots.insert(id, index.at());
         // Older versions of this key will not be read again by new opens: evict them first.
         let vkey = version_key(bucket, &info.key);
         let State { versions, version_of, lru, .. } = &mut *state;
@@ -387,7 +382,6 @@ impl BlockCache {
             units_failed: Mutex::new(vec![None; units]),
             proven: Mutex::default(),
             check_pass: AtomicBool::new(false),
-            images: self.images.clone(),
         });
         let bytes = obj.entry_bytes();
         let old = state.lru.put(id, bytes).unwrap_or(0);
@@ -419,17 +413,26 @@ impl BlockCache {
 
     /// Opens entry `id` from its index (for maintenance commands that start from the disk).
     pub fn open_id(&self, id: ObjectId) -> Result<Option<Arc<CachedObject>>, CacheError> {
-        let h = self.snapshot_of(&id)?.header;
+        let h = self.snapshot(&id)?.header;
         self.open_existing(&h.bucket, &h.object_info())
     }
 
-    /// Entry `id`'s index as it stands on disk, read from its image if one still stands for the
-    /// file.
-    fn snapshot_of(&self, id: &ObjectId) -> Result<index::IndexSnapshot, IndexError> {
-        match self.images.get(id).map(index::IndexSnapshot::parse) {
-            Some(Ok(snap)) => Ok(snap),
-            _ => ObjectIndex::read_snapshot(&self.dir.paths(id).1),
-        }
+    /// A copy of entry `id`'s index as it stands.
+    pub fn snapshot(&self, id: &ObjectId) -> Result<index::IndexSnapshot, IndexError> {
+        let state = self.state.lock().unwrap();
+        let bytes = match state.open.get(id).and_then(Weak::upgrade) {
+            Some(obj) => obj.index.lock().unwrap().bytes().to_vec(),
+            None => {
+                let at = *state.slots.get(id).ok_or_else(|| IndexError::Io {
+                    path: id.hex(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such cache entry"),
+                })?;
+                // No live entry, and the state lock held: this is the slot's one handle.
+                let slot = self.catalog.open(at).map_err(|source| IndexError::Io { path: "cache catalog".into(), source })?;
+                slot.bytes().to_vec()
+            }
+        };
+        index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path: id.hex(), source })
     }
 
     /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
@@ -444,9 +447,11 @@ impl BlockCache {
         if let Some(bytes) = state.lru.pop(&id) {
             state.total -= bytes;
         }
-        state.warm.pop(&id); // drops the entry, which keeps its index image...
+        state.warm.pop(&id); // drops the entry and its slot handle...
         state.open.remove(&id);
-        self.images.retire(&id); // ...so the image goes after it
+        if let Some(at) = state.slots.remove(&id) {
+            self.catalog.free(at); // ...before the slot is freed
+        }
         if let Some(vkey) = state.version_of.remove(&id) {
             if let Some(ids) = state.versions.get_mut(&vkey) {
                 ids.retain(|i| *i != id);
@@ -455,9 +460,8 @@ impl BlockCache {
                 }
             }
         }
-        let (data, idx) = self.dir.paths(&id);
-        // Index first: without it the data file is an orphan that the next scan deletes.
-        let _ = std::fs::remove_file(idx);
+        // The slot went first: without it the data file is an orphan that the next scan deletes.
+        let data = self.dir.data_path(&id);
         let _ = std::fs::remove_file(&data);
         if let Some(listener) = self.on_delete.get() {
             listener(&data);

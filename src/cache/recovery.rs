@@ -1,29 +1,33 @@
 //! Rebuilding the cache's in-memory state from the directory at mount: from the checkpoint the
-//! last writer left when it closed cleanly ([`super::checkpoint`]: one file), else by scanning
-//! every index. Nothing is wiped. Leftovers of a crash (temp files, data without an index) and
-//! indexes that fail to parse are deleted; indexes of a newer format and entries that cannot be
-//! read now (an I/O error proves nothing) are left alone.
+//! last writer left when it closed cleanly ([`super::checkpoint`]: one file), else by reading
+//! the catalog's slabs (a few files, read in order) and walking the object shards. Nothing is
+//! wiped. Leftovers of a crash (temp files, data without an index, an index without data) and
+//! indexes that fail to parse are deleted. A format 1 directory's index files move into the
+//! catalog here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lru::LruCache;
 
+use super::catalog::{self, Catalog, SlotAt};
 use super::checkpoint::{self, CheckpointError, Snapshot};
-use super::format::{self, Layout};
-use super::index::{self, IndexError, ObjectIndex};
-use super::{round_up, version_key, CacheDir, ObjectId};
+use super::entry::accounted_bytes;
+use super::format::FormatError;
+use super::index::{IndexError, IndexSnapshot, ObjectIndex};
+use super::store::DIR_VERSION;
+use super::{version_key, CacheDir, ObjectId};
 
-/// Threads reading index files at mount. Default: 64.
+/// Threads reading format 1 index files. Default: 64.
 const SCAN_THREADS: usize = 64;
 
-/// What recovery found: eviction order with each entry's accounted bytes, their sum, and the
-/// entry ids of each `bucket\0key`.
+/// What recovery found: eviction order with each entry's accounted bytes, their sum, the
+/// entry ids of each `bucket\0key`, and each entry's slot.
 pub(super) type Recovered = Snapshot;
 
 /// Rebuilds the eviction order and size accounting of `dir` (which the caller has locked): from
-/// its checkpoint if that is current, else from the index files. Either way the checkpoint is
+/// its checkpoint if that is current, else from the catalog. Either way the checkpoint is
 /// removed before the caller changes anything, so a crash from here on leaves none.
-pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
+pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     let before = dir.lock_stamps().map(|(before, _)| before);
     let loaded = match before {
         Some(stamp) => checkpoint::load(dir.root(), &stamp),
@@ -31,113 +35,169 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<Recovered> {
     };
     checkpoint::remove(dir.root());
     match loaded {
-        Ok(snapshot) => {
-            tracing::info!("cache state read from its checkpoint: {} entries", snapshot.lru.len());
-            return Ok(snapshot);
-        }
+        Ok(snapshot) => match Catalog::new(dir.root(), snapshot.slots.values().copied()) {
+            Ok(catalog) => {
+                tracing::info!("cache state read from its checkpoint: {} entries", snapshot.lru.len());
+                return Ok((snapshot, catalog));
+            }
+            Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
+        },
         Err(CheckpointError::Missing) => {}
-        Err(e) => tracing::info!("scanning the cache's indexes: {e}"),
+        Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
     }
     scan(dir)
 }
 
 /// A full scan, whatever the checkpoint says (tests compare the two).
 #[cfg(test)]
-pub(super) fn scan_for_tests(dir: &CacheDir) -> std::io::Result<Recovered> {
+pub(super) fn scan_for_tests(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     scan(dir)
 }
 
-/// Rebuilds the state from the index files, reading them from [`SCAN_THREADS`] threads.
-fn scan(dir: &CacheDir) -> std::io::Result<Recovered> {
-    let (ids, strays) = dir.scan()?;
-    for stray in strays {
+/// Rebuilds the state from the catalog and the shards, moving format 1 index files into the
+/// catalog.
+fn scan(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
+    let shards = dir.scan()?;
+    for stray in &shards.strays {
         tracing::info!("removing leftover cache file {}", stray.display());
         let _ = std::fs::remove_file(stray);
     }
-    let mut entries = Vec::with_capacity(ids.len());
-    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
-    let mut version_of = HashMap::new();
-    let snapshots = read_snapshots(dir, &ids);
-    for (id, snapshot) in snapshots {
-        let (data, idx) = dir.paths(&id);
-        match snapshot {
+    let data: HashSet<ObjectId> = shards.data.iter().copied().collect();
+    let mut found: HashMap<ObjectId, (SlotAt, IndexSnapshot)> = HashMap::new();
+    let mut dead = Vec::new();
+    for read in catalog::read_slots(dir.root())? {
+        match parse_slot(read.index) {
             Ok(snap) => {
                 let h = &snap.header;
-                versions.entry(version_key(&h.bucket, &h.key)).or_default().push(id);
-                version_of.insert(id, version_key(&h.bucket, &h.key));
-                let idx_len = Layout::new(h.encoded_len(), h.block_count()).file_len as u64;
-                let data_bytes: u64 = (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| round_up(h.block_len(b) as u64)).sum();
-                entries.push((snap.last_access(), id, round_up(idx_len) + data_bytes));
+                let problem = if ObjectId::new(&h.bucket, &h.key, &h.etag) != read.id {
+                    Some("its id does not match its header")
+                } else if !data.contains(&read.id) {
+                    Some("its data file is gone")
+                } else if found.contains_key(&read.id) {
+                    Some("another slot holds the same entry")
+                } else {
+                    None
+                };
+                match problem {
+                    None => drop(found.insert(read.id, (read.at, snap))),
+                    Some(problem) => {
+                        tracing::info!("dropping cache entry {}: {problem}", read.id.hex());
+                        dead.push(read.at);
+                    }
+                }
             }
-            Err(IndexError::Format { source: format::FormatError::NewerVersion { .. }, .. }) => {
-                tracing::warn!("{} was written by a newer hoardfs; leaving it alone", idx.display());
-            }
-            Err(e @ IndexError::Format { .. }) => {
-                tracing::warn!("dropping damaged cache entry: {e}");
-                let _ = std::fs::remove_file(&idx);
-                let _ = std::fs::remove_file(&data);
-            }
-            // An I/O error proves nothing about the bytes (EMFILE, EIO of a flaky disk): the
-            // entry stays, charged what the file system says it holds, and is read again
-            // when an open needs it.
             Err(e) => {
-                tracing::warn!("cannot read cache entry now ({e}); keeping it");
-                entries.push((0, id, allocated(&data) + allocated(&idx)));
+                tracing::warn!("dropping damaged cache entry {}: {e}", read.id.hex());
+                dead.push(read.at);
             }
         }
     }
+    let catalog = Catalog::new(dir.root(), found.values().map(|(at, _)| *at).chain(dead.iter().copied()))?;
+    for at in dead {
+        catalog.free(at);
+    }
+    let unread = upgrade_v1(dir, &shards.v1_indexes, &data, &catalog, &mut found)?;
+    for id in data.iter().filter(|id| !found.contains_key(id) && !unread.contains(id)) {
+        tracing::info!("removing cache data file without an index: {}", id.hex());
+        let _ = std::fs::remove_file(dir.data_path(id));
+    }
+    let mut entries: Vec<(u64, ObjectId, u64, String)> = Vec::with_capacity(found.len());
+    let mut slots = HashMap::with_capacity(found.len());
+    for (id, (at, snap)) in found {
+        let h = &snap.header;
+        slots.insert(id, at);
+        entries.push((snap.last_access(), id, accounted_bytes(h, |b| snap.is_present(b)), version_key(&h.bucket, &h.key)));
+    }
+    // Least recently used first; versions of a key in the same order, so that two scans of one
+    // directory agree.
     entries.sort();
     let mut lru = LruCache::unbounded();
+    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    let mut version_of = HashMap::with_capacity(entries.len());
     let mut total = 0;
-    for (_, id, bytes) in entries {
+    for (_, id, bytes, vkey) in entries {
         lru.put(id, bytes);
         total += bytes;
+        versions.entry(vkey.clone()).or_default().push(id);
+        version_of.insert(id, vkey);
     }
-    Ok(Recovered { lru, total, versions, version_of, images: super::images::Images::none() })
+    Ok((Recovered { lru, total, versions, version_of, slots }, catalog))
 }
 
-/// Reads the indexes of `ids` with plain reads, from [`SCAN_THREADS`] threads: index files are
-/// small random reads, which a cold NVMe (or any SSD) serves far faster many at a time than one
-/// after another. For the scan at mount and for the inspection commands.
-pub fn read_snapshots(dir: &CacheDir, ids: &[ObjectId]) -> Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)> {
+fn parse_slot(index: Option<Vec<u8>>) -> Result<IndexSnapshot, FormatError> {
+    IndexSnapshot::parse(index.ok_or(FormatError::Corrupt("index longer than its slot"))?)
+}
+
+/// Moves format 1 index files into the catalog: each is copied into a slot, the slots are
+/// written back, and only then are the files removed (a crash in between leaves both, and the
+/// next scan keeps the slot). Returns the ids whose file could not be read now (an I/O error
+/// proves nothing: they stay for the next writer, data file included).
+fn upgrade_v1(
+    dir: &CacheDir,
+    ids: &[ObjectId],
+    data: &HashSet<ObjectId>,
+    catalog: &Catalog,
+    found: &mut HashMap<ObjectId, (SlotAt, IndexSnapshot)>,
+) -> std::io::Result<HashSet<ObjectId>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (mut moved, mut gone, mut unread) = (Vec::new(), Vec::new(), HashSet::new());
+    for (id, snapshot) in read_snapshots(dir, ids) {
+        match snapshot {
+            Ok(snap) if data.contains(&id) && !found.contains_key(&id) => {
+                let slot = catalog.alloc(&id, snap.bytes())?;
+                found.insert(id, (slot.at(), snap));
+                moved.push(id);
+            }
+            Ok(_) => gone.push(id),
+            Err(e @ IndexError::Format { .. }) => {
+                tracing::warn!("dropping damaged cache entry: {e}");
+                gone.push(id);
+            }
+            Err(e) => {
+                tracing::warn!("cannot read cache index now ({e}); it stays for the next mount");
+                unread.insert(id);
+            }
+        }
+    }
+    catalog.flush()?;
+    for id in moved.iter().chain(&gone) {
+        let _ = std::fs::remove_file(dir.v1_index_path(id));
+    }
+    tracing::info!("moved {} format 1 index files into the catalog ({} dropped, {} left for later)", moved.len(), gone.len(), unread.len());
+    Ok(unread)
+}
+
+/// Reads format 1 index files with plain reads, from [`SCAN_THREADS`] threads: they are small
+/// random reads, which a cold NVMe (or any SSD) serves far faster many at a time than one
+/// after another.
+fn read_snapshots(dir: &CacheDir, ids: &[ObjectId]) -> Vec<(ObjectId, Result<IndexSnapshot, IndexError>)> {
     let chunk = ids.len().div_ceil(SCAN_THREADS).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = ids
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.paths(id).1))).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || part.iter().map(|id| (*id, ObjectIndex::read_snapshot(&dir.v1_index_path(id)))).collect::<Vec<_>>())
+            })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     })
 }
 
-/// Every index of `dir` for readers that take no lock (`cache stat`, `cache ls`): from a
-/// current checkpoint's images (one file), else from the index files. With the checkpoint comes
-/// the accounted total of the entries' bytes (index and present blocks, as `du` counts them).
-pub fn read_indexes(dir: &CacheDir) -> std::io::Result<Indexes> {
-    if let Some((accounted, images)) = checkpoint::current(dir) {
-        let snapshots = images
-            .into_iter()
-            .map(|(id, bytes)| {
-                let path = || dir.paths(&id).1.display().to_string();
-                (id, index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path: path(), source }))
-            })
-            .collect();
-        return Ok(Indexes { snapshots, accounted: Some(accounted) });
+/// Every index of `dir`, for readers that take no lock (`cache stat`, `cache ls`): the
+/// catalog's slabs read in order, and a format 1 directory's index files. A slot being written
+/// by a mount at that instant reads as damaged.
+pub fn read_indexes(dir: &CacheDir) -> std::io::Result<Vec<(ObjectId, Result<IndexSnapshot, IndexError>)>> {
+    let mut out: Vec<_> = catalog::read_slots(dir.root())?
+        .into_iter()
+        .map(|read| {
+            let where_ = || format!("cache catalog, slot {} of {} bytes", read.at.slot, read.at.size);
+            (read.id, parse_slot(read.index).map_err(|source| IndexError::Format { path: where_(), source }))
+        })
+        .collect();
+    if dir.found_version() < DIR_VERSION {
+        out.extend(read_snapshots(dir, &dir.scan()?.v1_indexes));
     }
-    let (ids, _) = dir.scan()?;
-    Ok(Indexes { snapshots: read_snapshots(dir, &ids), accounted: None })
-}
-
-/// What [`read_indexes`] found.
-pub struct Indexes {
-    /// Every entry's index, or why it could not be read.
-    pub snapshots: Vec<(ObjectId, Result<index::IndexSnapshot, IndexError>)>,
-    /// The entries' accounted bytes, when they came from a checkpoint.
-    pub accounted: Option<u64>,
-}
-
-/// Bytes a file occupies on disk (allocated blocks, as `du` counts), 0 if it cannot be read.
-fn allocated(path: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    Ok(out)
 }

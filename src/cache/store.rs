@@ -4,9 +4,11 @@
 //! CACHE_DIR/
 //!   hoardfs-cache          marker: identifies the directory and its format version
 //!   lock                   flock()ed by the one process that writes (a mount or `cache warm`)
+//!   catalog/<size>.slab    every entry's index, in slots (see [`super::catalog`])
 //!   objects/<aa>/<id>.data sparse data file: byte i of the object at offset i
-//!   objects/<aa>/<id>.idx  index: header, state, presence bitmap, block records
 //! ```
+//! A format 1 directory kept each index beside its data file as `objects/<aa>/<id>.idx`; the
+//! first writer of format 2 moves them into the catalog.
 //! `<id>` is the hex blake3 of bucket, key and ETag (see [`ObjectId`]); `<aa>` its first byte.
 
 use std::fs::{File, OpenOptions};
@@ -14,8 +16,11 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::format::FORMAT_VERSION;
 pub use crate::private::{create_private, create_private_dir_all, write_private, FILE_MODE};
+
+/// The directory format this hoardfs writes: 2, indexes in the catalog (1 had an index file
+/// per object, and is upgraded in place by the first writer).
+pub const DIR_VERSION: u32 = 2;
 
 /// Name of the marker file.
 pub const MARKER: &str = "hoardfs-cache";
@@ -41,7 +46,7 @@ pub enum CacheDirError {
     #[error("cache dir {0} is not empty and is not a hoardfs cache; pass an empty or new directory")]
     Foreign(PathBuf),
     /// The directory was written by a newer hoardfs; nothing is touched.
-    #[error("cache dir {path} has format version {found}, newer than this hoardfs understands ({FORMAT_VERSION}); upgrade hoardfs or use another --cache-dir (nothing was changed)")]
+    #[error("cache dir {path} has format version {found}, newer than this hoardfs understands ({DIR_VERSION}); upgrade hoardfs or use another --cache-dir (nothing was changed)")]
     NewerVersion {
         /// The directory.
         path: PathBuf,
@@ -146,6 +151,9 @@ struct Held {
 pub struct CacheDir {
     root: PathBuf,
     lock: Option<Held>,
+    /// The format its marker gave when it was opened (a writer has upgraded it to
+    /// [`DIR_VERSION`] since).
+    found_version: u32,
 }
 
 impl CacheDir {
@@ -158,7 +166,7 @@ impl CacheDir {
         };
         create_private_dir_all(root).map_err(io(root))?;
         check_private(root)?;
-        Self::check_marker(root, true)?;
+        let found_version = Self::check_marker(root, true)?;
         create_private_dir_all(&root.join(OBJECTS)).map_err(io(root))?;
         let lock_path = root.join(LOCK);
         let mut lock = {
@@ -177,7 +185,15 @@ impl CacheDir {
         std::io::Seek::rewind(&mut lock).map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
         let after = LockStamp::of(&lock, std::process::id()).map_err(io(&lock_path))?;
-        Ok(Self { root: root.to_path_buf(), lock: Some(Held { _file: lock, before, after }) })
+        if found_version < DIR_VERSION {
+            // The marker goes first: from here on a hoardfs that knows only format 1 refuses
+            // the directory instead of taking catalog entries' data files for orphans, and the
+            // index files still to move are moved by whichever writer of format 2 comes next.
+            tracing::info!("upgrading cache dir {} from format {found_version} to {DIR_VERSION}", root.display());
+            let marker = root.join(MARKER);
+            write_private(&marker, marker_text().as_bytes()).map_err(io(&marker))?;
+        }
+        Ok(Self { root: root.to_path_buf(), lock: Some(Held { _file: lock, before, after }), found_version })
     }
 
     /// Opens an existing cache directory for reading only (inspection beside a mount).
@@ -192,8 +208,8 @@ impl CacheDir {
                 }
             });
         }
-        Self::check_marker(root, false)?;
-        Ok(Self { root: root.to_path_buf(), lock: None })
+        let found_version = Self::check_marker(root, false)?;
+        Ok(Self { root: root.to_path_buf(), lock: None, found_version })
     }
 
     /// Whether another process holds the lock right now (a mount is running).
@@ -208,7 +224,8 @@ impl CacheDir {
         Some(std::fs::read_to_string(root.join(LOCK)).unwrap_or_default().trim().to_string())
     }
 
-    fn check_marker(root: &Path, create: bool) -> Result<(), CacheDirError> {
+    /// The directory's format version (creating the marker of a new one).
+    fn check_marker(root: &Path, create: bool) -> Result<u32, CacheDirError> {
         let marker = root.join(MARKER);
         match std::fs::read_to_string(&marker) {
             Ok(text) => {
@@ -217,13 +234,13 @@ impl CacheDir {
                     .find_map(|l| l.strip_prefix("format-version = "))
                     .and_then(|v| v.trim().parse::<u32>().ok())
                     .ok_or_else(|| CacheDirError::BadMarker(root.to_path_buf()))?;
-                if version > FORMAT_VERSION {
+                if version > DIR_VERSION {
                     return Err(CacheDirError::NewerVersion { path: root.to_path_buf(), found: version });
                 }
-                if version < FORMAT_VERSION {
+                if version < 1 {
                     return Err(CacheDirError::BadMarker(root.to_path_buf()));
                 }
-                Ok(())
+                Ok(version)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let foreign = std::fs::read_dir(root)
@@ -233,7 +250,8 @@ impl CacheDir {
                 if foreign {
                     return Err(CacheDirError::Foreign(root.to_path_buf()));
                 }
-                write_private(&marker, marker_text().as_bytes()).map_err(|source| CacheDirError::Io { path: marker, source })
+                write_private(&marker, marker_text().as_bytes()).map_err(|source| CacheDirError::Io { path: marker, source })?;
+                Ok(DIR_VERSION)
             }
             Err(source) => Err(CacheDirError::Io { path: marker, source }),
         }
@@ -256,18 +274,31 @@ impl CacheDir {
         &self.root
     }
 
-    /// Data and index paths of an object version.
-    pub fn paths(&self, id: &ObjectId) -> (PathBuf, PathBuf) {
-        let hex = id.hex();
-        let dir = self.root.join(OBJECTS).join(&hex[..2]);
-        (dir.join(format!("{hex}.data")), dir.join(format!("{hex}.idx")))
+    /// The format version the marker gave when the directory was opened.
+    pub fn found_version(&self) -> u32 {
+        self.found_version
     }
 
-    /// Every object id that has an index file, plus stray files (orphan data files, temp files
-    /// left by a crash) that a writer should delete.
-    pub fn scan(&self) -> std::io::Result<(Vec<ObjectId>, Vec<PathBuf>)> {
+    /// Data file of an object version.
+    pub fn data_path(&self, id: &ObjectId) -> PathBuf {
+        self.shard(id).join(format!("{}.data", id.hex()))
+    }
+
+    /// Where format 1 kept an object version's index.
+    pub fn v1_index_path(&self, id: &ObjectId) -> PathBuf {
+        self.shard(id).join(format!("{}.idx", id.hex()))
+    }
+
+    fn shard(&self, id: &ObjectId) -> PathBuf {
+        self.root.join(OBJECTS).join(format!("{:02x}", id.0[0]))
+    }
+
+    /// What the object shards hold: the ids with a data file, those with a format 1 index
+    /// file, and stray files (temp files left by a crash, names not of this format) that a
+    /// writer should delete.
+    pub fn scan(&self) -> std::io::Result<ShardScan> {
         let objects = self.root.join(OBJECTS);
-        let Ok(entries) = std::fs::read_dir(&objects) else { return Ok((vec![], vec![])) };
+        let Ok(entries) = std::fs::read_dir(&objects) else { return Ok(ShardScan::default()) };
         let mut shards = Vec::new();
         for e in entries {
             let e = e?;
@@ -279,19 +310,31 @@ impl CacheDir {
         // 100,000 entries is many small reads).
         const THREADS: usize = 16;
         let per = shards.len().div_ceil(THREADS).max(1);
-        let results: Vec<std::io::Result<(Vec<ObjectId>, Vec<PathBuf>)>> = std::thread::scope(|s| {
+        let results: Vec<std::io::Result<ShardScan>> = std::thread::scope(|s| {
             let handles: Vec<_> =
                 shards.chunks(per).map(|part| s.spawn(move || part.iter().map(|p| scan_shard(p)).collect::<Vec<_>>())).collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
         });
-        let (mut ids, mut strays) = (Vec::new(), Vec::new());
+        let mut all = ShardScan::default();
         for r in results {
-            let (i, s) = r?;
-            ids.extend(i);
-            strays.extend(s);
+            let r = r?;
+            all.data.extend(r.data);
+            all.v1_indexes.extend(r.v1_indexes);
+            all.strays.extend(r.strays);
         }
-        Ok((ids, strays))
+        Ok(all)
     }
+}
+
+/// What [`CacheDir::scan`] found.
+#[derive(Debug, Default)]
+pub struct ShardScan {
+    /// Ids with a data file.
+    pub data: Vec<ObjectId>,
+    /// Ids with a format 1 index file.
+    pub v1_indexes: Vec<ObjectId>,
+    /// Files that are not part of any entry.
+    pub strays: Vec<PathBuf>,
 }
 
 /// Refuses a world-writable cache dir and warns about one others can read: hoardfs keeps what it
@@ -314,33 +357,20 @@ fn check_private(root: &Path) -> Result<(), CacheDirError> {
     Ok(())
 }
 
-/// One shard directory: complete entries (both files) and stray files.
-fn scan_shard(shard: &Path) -> std::io::Result<(Vec<ObjectId>, Vec<PathBuf>)> {
-    let (mut ids, mut strays) = (Vec::new(), Vec::new());
-    let mut stems = std::collections::HashMap::<String, (bool, bool)>::new();
+/// One shard directory.
+fn scan_shard(shard: &Path) -> std::io::Result<ShardScan> {
+    let mut found = ShardScan::default();
     for entry in std::fs::read_dir(shard)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match name.rsplit_once('.') {
-            Some((stem, "idx")) => stems.entry(stem.to_string()).or_default().1 = true,
-            Some((stem, "data")) => stems.entry(stem.to_string()).or_default().0 = true,
-            _ => strays.push(entry.path()),
+        let name = entry.file_name();
+        let parsed = name.to_str().and_then(|n| n.rsplit_once('.')).and_then(|(stem, ext)| Some((ObjectId::from_hex(stem)?, ext)));
+        match parsed {
+            Some((id, "data")) => found.data.push(id),
+            Some((id, "idx")) => found.v1_indexes.push(id),
+            _ => found.strays.push(entry.path()),
         }
     }
-    for (stem, (has_data, has_idx)) in stems {
-        match (ObjectId::from_hex(&stem), has_data, has_idx) {
-            (Some(id), true, true) => ids.push(id),
-            _ => {
-                for ext in ["data", "idx"] {
-                    let p = shard.join(format!("{stem}.{ext}"));
-                    if p.exists() {
-                        strays.push(p);
-                    }
-                }
-            }
-        }
-    }
-    Ok((ids, strays))
+    Ok(found)
 }
 
 /// Written by a mount when it starts (`mount.json`), so inspection tools can find its live
@@ -385,7 +415,7 @@ impl MountRecord {
 }
 
 fn marker_text() -> String {
-    format!("hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {FORMAT_VERSION}\n")
+    format!("hoardfs cache directory: do not edit; `hoardfs cache` inspects and manages it.\nformat-version = {DIR_VERSION}\n")
 }
 
 #[cfg(test)]
@@ -426,10 +456,12 @@ mod tests {
 
     #[test]
     fn fixture_marker_is_accepted() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/cache-dir");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/cache-dir-v1");
         CacheDir::open_read_only(&root).unwrap();
-        let (ids, strays) = CacheDir::open_read_only(&root).unwrap().scan().unwrap();
-        assert_eq!(ids.len(), 1);
-        assert!(strays.is_empty());
+        let dir = CacheDir::open_read_only(&root).unwrap();
+        assert_eq!(dir.found_version(), 1);
+        let found = dir.scan().unwrap();
+        assert_eq!((found.data.len(), found.v1_indexes.len()), (1, 1));
+        assert!(found.strays.is_empty());
     }
 }

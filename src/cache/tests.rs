@@ -127,13 +127,36 @@ async fn recovery_removes_crash_leftovers_and_keeps_good_entries() {
     assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
 }
 
+/// The format 2 vector directory, written by `cache-format/gen_vectors.py` from the spec alone,
+/// serves its object from the cache.
 #[tokio::test]
-async fn committed_cache_dir_fixture_serves_its_object() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/cache-dir");
+async fn the_format_2_cache_dir_fixture_serves_its_object() {
+    let (dir, cache) = serve_fixture("cache-dir-v2").await;
+    let reader = CacheDir::open_read_only(dir.path()).unwrap();
+    assert_eq!(crate::cache::read_indexes(&reader).unwrap().len(), 1);
+    drop(cache);
+}
+
+/// The format 1 vector directory (an index file beside its data file) is upgraded in place by
+/// the first writer: the index moves into the catalog, the marker says 2, and the object is
+/// served from the cache.
+#[tokio::test]
+async fn a_format_1_cache_dir_is_upgraded_in_place_and_serves_its_object() {
+    let (dir, cache) = serve_fixture("cache-dir-v1").await;
+    let marker = std::fs::read_to_string(dir.path().join(store::MARKER)).unwrap();
+    assert!(marker.contains(&format!("format-version = {}", store::DIR_VERSION)), "{marker}");
+    let found = cache.dir().scan().unwrap();
+    assert_eq!((found.data.len(), found.v1_indexes.len()), (1, 0), "the index file was not moved");
+    assert_eq!(crate::cache::read_indexes(cache.dir()).unwrap().len(), 1);
+}
+
+/// Copies a vector cache dir and serves its one object (5000 bytes in two 4 KiB blocks,
+/// complete, unverifiable) from it with no S3 behind.
+async fn serve_fixture(name: &str) -> (tempfile::TempDir, BlockCache) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors").join(name);
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&fixture, dir.path());
     let content: Vec<u8> = (0..5000).map(|i| ((i * 7) % 256) as u8).collect();
-    let mem = Arc::new(MemoryClient::new("demo"));
     let metrics = Arc::new(Metrics::default());
     let cache = BlockCache::open(
         CacheDir::open_exclusive(dir.path()).unwrap(),
@@ -155,7 +178,8 @@ async fn committed_cache_dir_fixture_serves_its_object() {
     let b1 = cache.read_verified(&obj, 1).await.unwrap();
     assert_eq!([&b0[..], &b1[..]].concat(), content);
     assert_eq!(metrics.blake3_mismatches.load(Ordering::Relaxed), 0);
-    drop(mem);
+    drop(obj);
+    (dir, cache)
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -195,8 +219,7 @@ async fn an_old_version_of_a_key_is_evicted_before_older_entries_of_other_keys()
             cache.write_block(&obj, b, data, hash, 0).await;
         }
     }
-    let left: Vec<String> =
-        cache.entry_ids().iter().map(|id| ObjectIndex::read_snapshot(&cache.dir().paths(id).1).unwrap().header.etag).collect();
+    let left: Vec<String> = cache.entry_ids().iter().map(|id| cache.snapshot(id).unwrap().header.etag).collect();
     assert!(left.contains(&"\"o\"".to_string()), "the other key's older entry stays: {left:?}");
     assert!(!left.contains(&"\"v1\"".to_string()), "the superseded version went first: {left:?}");
 }
@@ -217,13 +240,13 @@ async fn an_entry_that_cannot_be_opened_for_lack_of_descriptors_stays_on_disk() 
     let cache =
         BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics, small_blocks())
             .unwrap();
-    let (data, idx) = cache.dir().paths(&ObjectId::new("b", "obj", &info.etag));
+    let data = cache.dir().data_path(&ObjectId::new("b", "obj", &info.etag));
     {
         let _starved = crate::testing::FdsExhausted::now();
         let err = cache.open_existing("b", &info).err().expect("no descriptor: the open must fail");
         assert!(err.to_string().contains("Too many open files"), "{err}");
     }
-    assert!(data.exists() && idx.exists(), "EMFILE deleted the entry");
+    assert!(data.exists() && cache.entry_count() == 1, "EMFILE deleted the entry");
     let obj = cache.open_existing("b", &info).unwrap().expect("the entry is still there");
     assert!(obj.is_complete());
 }

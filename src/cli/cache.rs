@@ -46,6 +46,11 @@ pub enum CacheCommand {
     /// verified like any fill; Ctrl-C is safe and running it again resumes.
     /// Needs the cache dir to itself: warm before mounting.
     Warm(WarmArgs),
+    /// Upgrade a cache dir written by an older hoardfs to the current format, in place (format
+    /// 1 kept one index file per object; format 2 keeps them in the catalog). Any writer (a
+    /// mount, warm, verify, evict) upgrades on its own; this does it ahead of time and reports.
+    /// Nothing cached is lost. Needs the cache dir to itself (unmount first).
+    Upgrade(Common),
 }
 
 /// Flags every cache subcommand has.
@@ -172,6 +177,7 @@ pub fn run(args: CacheArgs) -> Result<bool> {
         CacheCommand::Verify(a) => verify(&a),
         CacheCommand::Evict(a) => evict(&a),
         CacheCommand::Warm(a) => warm(a),
+        CacheCommand::Upgrade(common) => upgrade(&common),
     }
 }
 
@@ -181,7 +187,7 @@ fn stat(common: &Common) -> Result<bool> {
         print_json(&r)?;
         return Ok(true);
     }
-    println!("cache dir      {}", r.cache_dir);
+    println!("cache dir      {} (format {})", r.cache_dir, r.format_version);
     println!("objects        {}", r.objects);
     println!("blocks         {}", r.blocks);
     println!("bytes cached   {} ({} on disk)", ByteSize(r.bytes_cached), ByteSize(r.bytes_on_disk));
@@ -228,7 +234,7 @@ fn ls(a: &LsArgs) -> Result<bool> {
         print_row(r);
     }
     if unreadable > 0 {
-        eprintln!("{unreadable} index files could not be read (a mount deletes and refetches them)");
+        eprintln!("{unreadable} indexes could not be read (a mount frees them and refetches the objects)");
     }
     Ok(true)
 }
@@ -280,13 +286,40 @@ fn verify(a: &FilterArgs) -> Result<bool> {
             println!("corrupt: block {b} of {key} (dropped; the next read fetches it again)");
         }
         if report.unreadable > 0 {
-            println!("{} unreadable index files were deleted", report.unreadable);
+            println!("{} unreadable indexes were dropped", report.unreadable);
         }
         if report.corrupt_blocks.is_empty() && report.unreadable == 0 {
             println!("no corruption found");
         }
     }
     Ok(report.corrupt_blocks.is_empty() && report.unreadable == 0)
+}
+
+fn upgrade(common: &Common) -> Result<bool> {
+    let found = open_read_only(common)?.found_version();
+    let rt = runtime()?;
+    let cache =
+        rt.block_on(async { inspect::open_for_writing(&common.cache_dir, CacheConfig::default(), Arc::new(Metrics::default())) })?;
+    cache.checkpoint();
+    let report = serde_json::json!({
+        "cache_dir": common.cache_dir.display().to_string(),
+        "from_version": found,
+        "to_version": crate::cache::store::DIR_VERSION,
+        "objects": cache.entry_count(),
+    });
+    if common.json {
+        print_json(&report)?;
+    } else if found == crate::cache::store::DIR_VERSION {
+        println!("{} is already format {found} ({} objects); nothing to do", common.cache_dir.display(), cache.entry_count());
+    } else {
+        println!(
+            "upgraded {} from format {found} to {} ({} objects kept)",
+            common.cache_dir.display(),
+            crate::cache::store::DIR_VERSION,
+            cache.entry_count()
+        );
+    }
+    Ok(true)
 }
 
 fn evict(a: &EvictArgs) -> Result<bool> {

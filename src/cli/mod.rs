@@ -16,7 +16,7 @@ use crate::object::s3::S3Config;
 
 /// `hoardfs --version`: the release and the cache format it reads and writes, which is what
 /// decides whether two builds can share a cache dir.
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cache format ", "1", ")");
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cache format ", "2", ")");
 
 /// hoardfs: mount an S3 bucket read-only, with a persistent, verified block cache on local disk.
 ///
@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn version_names_the_cache_format_this_build_reads() {
-        assert!(VERSION.ends_with(&format!("(cache format {})", crate::cache::format::FORMAT_VERSION)), "{VERSION}");
+        assert!(VERSION.ends_with(&format!("(cache format {})", crate::cache::store::DIR_VERSION)), "{VERSION}");
     }
 
     #[test]

@@ -47,8 +47,7 @@ async fn every_algorithm_and_layout_verifies_and_stays_verified() {
 
 fn states(dir: &std::path::Path) -> Vec<VerifyState> {
     let cache = crate::cache::CacheDir::open_read_only(dir).unwrap();
-    let (ids, _) = cache.scan().unwrap();
-    ids.iter().map(|id| crate::cache::index::ObjectIndex::read_snapshot(&cache.paths(id).1).unwrap().verify_state()).collect()
+    crate::cache::read_indexes(&cache).unwrap().into_iter().map(|(_, snap)| snap.unwrap().verify_state()).collect()
 }
 
 /// Corrupt GET bodies: one bad answer is survived by a refetch; bad answers every time end in

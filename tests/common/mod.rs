@@ -294,10 +294,11 @@ pub async fn multipart(
 /// The verification state recorded in the cache for every entry, by key.
 pub fn verify_states(cache: &Path) -> std::collections::BTreeMap<String, hoardfs::cache::format::VerifyState> {
     let dir = hoardfs::cache::CacheDir::open_read_only(cache).unwrap();
-    let (ids, _) = dir.scan().unwrap();
-    ids.iter()
-        .map(|id| {
-            let snap = hoardfs::cache::index::ObjectIndex::read_snapshot(&dir.paths(id).1).unwrap();
+    hoardfs::cache::read_indexes(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, snap)| {
+            let snap = snap.unwrap();
             (snap.header.key.clone(), snap.verify_state())
         })
         .collect()

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::*;
+use crate::cache::catalog::SlotAt;
 use crate::cache::{BlockCache, CacheConfig, CacheDir};
 use crate::io::{probe, EngineChoice};
 use crate::metrics::Metrics;
@@ -45,17 +46,19 @@ async fn closed_cleanly(n: usize) -> tempfile::TempDir {
     dir
 }
 
-/// What a reopened cache believes: eviction order with bytes, total, versions.
-fn state_of(cache: &BlockCache) -> (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>) {
+type State = (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>, HashMap<ObjectId, SlotAt>);
+
+/// What a reopened cache believes: eviction order with bytes, total, versions, slots.
+fn state_of(cache: &BlockCache) -> State {
     let s = cache.state.lock().unwrap();
-    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone())
+    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone(), s.slots.clone())
 }
 
 /// The state a full scan finds (the checkpoint set aside).
-fn scanned(dir: &Path) -> (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>) {
+fn scanned(dir: &Path) -> State {
     let held = CacheDir::open_exclusive(dir).unwrap();
-    let r = crate::cache::recovery::scan_for_tests(&held).unwrap();
-    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions)
+    let (r, _) = crate::cache::recovery::scan_for_tests(&held).unwrap();
+    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions, r.slots)
 }
 
 #[test]
@@ -63,19 +66,17 @@ fn encoding_round_trips_and_any_flipped_byte_is_refused() {
     let stamp = LockStamp { dev: 1, ino: 2, mtime_ns: 3, ctime_ns: 4, pid: 5 };
     let mut lru = LruCache::unbounded();
     let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    let mut slots = HashMap::new();
     for i in 0..50u8 {
         let vkey = format!("b\0dir/{}/file{}", i % 4, i / 2);
         let id = ObjectId::new("b", &vkey, &i.to_string());
         lru.put(id, 4096 * (i as u64 + 1));
         versions.entry(vkey).or_default().push(id);
+        slots.insert(id, SlotAt { size: if i % 3 == 0 { 384 } else { 256 }, slot: i as u32 * 7 });
     }
-    let image = |id: &ObjectId| Some(id.0[..1 + id.0[0] as usize % 7].to_vec());
-    let bytes = encode(&stamp, &lru, &versions, image).unwrap();
-    let (back, at) = decode(&bytes, &stamp).unwrap();
-    for (id, _) in lru.iter() {
-        let at = at[id];
-        assert_eq!(Some(&bytes[at.offset..at.offset + at.len]), image(id).as_deref(), "image of {}", id.hex());
-    }
+    let bytes = encode(&stamp, &lru, &versions, &slots).unwrap();
+    let back = decode(&bytes, &stamp).unwrap();
+    assert_eq!(back.slots, slots);
     assert_eq!(back.lru.iter().collect::<Vec<_>>(), lru.iter().collect::<Vec<_>>(), "eviction order and bytes");
     assert_eq!(back.versions, versions);
     assert_eq!(back.total, lru.iter().map(|(_, b)| b).sum::<u64>());
@@ -94,22 +95,21 @@ fn encoding_round_trips_and_any_flipped_byte_is_refused() {
 async fn a_clean_close_reopens_to_the_scanned_state_from_one_file() {
     let dir = closed_cleanly(20).await;
     let expected = scanned(dir.path()); // takes and rewrites the lock: the checkpoint is stale now
-    let (lru, total, versions) = expected.clone();
-    assert_eq!(lru.len(), 22);
+    assert_eq!(expected.0.len(), 22);
     {
         let cache = open(dir.path());
         assert!(!dir.path().join(CHECKPOINT).exists(), "stale checkpoint left behind");
-        assert_eq!(state_of(&cache), (lru.clone(), total, versions.clone()), "scan after a stale checkpoint");
+        assert_eq!(state_of(&cache), expected, "scan after a stale checkpoint");
         cache.checkpoint();
     }
-    // Prove the checkpoint, not a scan, rebuilt the state: delete an index behind its back. A
-    // scan would not find that entry; the checkpoint still lists it (its next open misses and
-    // refetches, as for any entry whose files vanished).
-    let gone = lru[0].0;
-    std::fs::remove_file(CacheDir::open_read_only(dir.path()).unwrap().paths(&gone).1).unwrap();
+    // Prove the checkpoint, not a scan, rebuilt the state: delete a data file behind its back.
+    // A scan would drop that entry; the checkpoint still lists it (its next open finds no data
+    // file and replaces the entry, as for any entry whose files vanished).
+    let gone = expected.0[0].0;
+    std::fs::remove_file(CacheDir::open_read_only(dir.path()).unwrap().data_path(&gone)).unwrap();
     let cache = open(dir.path());
     assert!(!dir.path().join(CHECKPOINT).exists(), "the checkpoint must go before anything changes");
-    assert_eq!(state_of(&cache), (lru, total, versions));
+    assert_eq!(state_of(&cache), expected);
 }
 
 /// A writer that does not write a checkpoint (a crash, an older hoardfs) leaves the previous
@@ -142,120 +142,74 @@ async fn a_checkpoint_is_refused_after_any_other_writer_or_change() {
 /// spec says it holds, and encoded back to the same bytes.
 #[test]
 fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/checkpoint-v2.bin");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache-format/vectors/checkpoint-v3.bin");
     let bytes = std::fs::read(path).unwrap();
     let stamp = LockStamp { dev: 7, ino: 11, mtime_ns: 1_700_000_000_123_456_789, ctime_ns: 1_700_000_000_987_654_321, pid: 4242 };
-    let (back, at) = decode(&bytes, &stamp).unwrap();
+    let back = decode(&bytes, &stamp).unwrap();
     let id = |key: &str, etag: &str| ObjectId::new("b", key, etag);
     let (e1, e2, e3) = (id("data/a.bin", "\"e1\""), id("data/a.bin", "\"e2\""), id("data/ab.bin", "\"e3\""));
     // Least recently used first: ranks 0, 1, 2.
     let order: Vec<(ObjectId, u64)> = back.lru.iter().rev().map(|(id, b)| (*id, *b)).collect();
-    assert_eq!(order, vec![(e2, 4096), (e3, 12288), (e1, 8192)]);
-    assert_eq!(back.total, 24576);
+    assert_eq!(order, vec![(e2, 256), (e3, 8576), (e1, 4352)]);
+    assert_eq!(back.total, 13184);
     let versions: BTreeMap<String, Vec<ObjectId>> =
         [("b\0data/a.bin".to_string(), vec![e1, e2]), ("b\0data/ab.bin".to_string(), vec![e3])].into();
     assert_eq!(back.versions, versions);
     assert_eq!(back.version_of[&e3], "b\0data/ab.bin");
-    // Each image is the index of its entry, and accounts for its bytes.
-    let image = |id: &ObjectId| bytes[at[id].offset..at[id].offset + at[id].len].to_vec();
-    for (id, present, accounted) in [(e1, 1, 8192), (e2, 0, 4096), (e3, 2, 12288)] {
-        let snap = crate::cache::index::IndexSnapshot::parse(image(&id)).unwrap();
-        assert_eq!(ObjectId::new(&snap.header.bucket, &snap.header.key, &snap.header.etag), id);
-        assert_eq!(snap.present_count(), present);
-        assert_eq!(4096 * (1 + present), accounted);
-        assert_eq!(back.lru.peek(&id), Some(&accounted));
-    }
-    assert_eq!(encode(&stamp, &back.lru, &back.versions, |id| Some(image(id))).unwrap(), bytes);
+    let slots: HashMap<ObjectId, SlotAt> =
+        [(e1, SlotAt { size: 256, slot: 0 }), (e2, SlotAt { size: 256, slot: 1 }), (e3, SlotAt { size: 384, slot: 0 })].into();
+    assert_eq!(back.slots, slots);
+    assert_eq!(encode(&stamp, &back.lru, &back.versions, &back.slots).unwrap(), bytes);
 }
 
-/// An image stands for its index file until the entry changes: opens after a clean close read
-/// no index file and serve the bytes the blake3 in the image vouches for; the first change maps
-/// the file and lands in it, so a crash right after it loses nothing.
+/// Entries reopened after a clean close serve the bytes their slot's blake3 vouches for, and a
+/// change lands in the slot at once: a crash right after it loses nothing.
 #[tokio::test]
-async fn images_stand_for_index_files_until_the_first_change() {
+async fn a_change_reaches_the_catalog_and_survives_a_crash() {
     let dir = closed_cleanly(6).await;
     let cache = open(dir.path());
     let mut objs = Vec::new();
     for id in cache.entry_ids() {
         let obj = cache.open_id(id).unwrap().unwrap();
-        assert!(obj.index.lock().unwrap().is_image(), "entry {} was not opened from its image", id.hex());
         let i: u8 = obj.header().key.rsplit("img").next().unwrap().trim_end_matches(".jpg").parse().unwrap();
         for b in 0..obj.block_count() {
-            let got = cache.read_verified(&obj, b).await.expect("a present block whose blake3 matches its image");
+            let got = cache.read_verified(&obj, b).await.expect("a present block whose blake3 matches its record");
             assert!(got.iter().all(|&x| x == i), "wrong bytes in block {b} of {}", obj.header().key);
         }
         objs.push(obj);
     }
-    assert_eq!(cache.metrics.index_file_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
-
     let changed = objs[0].clone();
     changed.drop_block(0);
-    assert!(!changed.index.lock().unwrap().is_image(), "a change left the entry on its image");
-    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&cache.dir.paths(&changed.id).1).unwrap();
-    assert!(!on_disk.is_present(0), "the change did not reach the index file");
-    assert!(!cache.images.has(&changed.id), "the changed entry's image still stands for its file");
+    let reader = CacheDir::open_read_only(dir.path()).unwrap();
+    let on_disk = crate::cache::read_indexes(&reader).unwrap().into_iter().find(|(id, _)| *id == changed.id).unwrap().1.unwrap();
+    assert!(!on_disk.is_present(0), "the change did not reach the catalog");
     drop((objs, cache)); // a crash: no checkpoint
 
     let cache = open(dir.path());
     let again = cache.open_id(changed.id).unwrap().unwrap();
     assert!(!again.is_present(0), "the change was lost by the crash");
-    assert!(!again.index.lock().unwrap().is_image());
 }
 
-/// An open's access time reaches the next checkpoint's image without touching the index file.
-#[test]
-fn an_image_carries_the_access_time_an_open_stamped() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.idx");
-    crate::cache::index::ObjectIndex::create(&path, crate::cache::format::tests::vector_header()).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let id = ObjectId([1; 32]);
-    let map = {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: a private temp file nobody else writes.
-        unsafe { memmap2::Mmap::map(&f) }.unwrap()
-    };
-    let images = Arc::new(Images::new(map, [(id, ImageAt { offset: 0, len: bytes.len(), touched: None })].into()));
-    let mut index = crate::cache::index::ObjectIndex::from_image(&path, images.get(&id).unwrap(), images.clone(), id).unwrap();
-    index.touch(1_800_000_000);
-    let snap = crate::cache::index::IndexSnapshot::parse(images.get(&id).unwrap()).unwrap();
-    assert_eq!(snap.last_access(), 1_800_000_000);
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "a touch wrote the index file");
-    index.set_verify_state(crate::cache::format::VerifyState::Verified);
-    assert!(!index.is_image() && !images.has(&id));
-    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&path).unwrap();
-    assert_eq!((on_disk.last_access(), on_disk.verify_state()), (1_800_000_000, crate::cache::format::VerifyState::Verified));
-}
-
-/// `cache stat` and `ls` take no lock: they read a checkpoint only while it describes the
-/// directory (the same bytes the index files hold), and the index files once any writer has
-/// taken the lock since.
+/// `cache stat` and `ls` take no lock and read the catalog: they see what the writer holds.
 #[tokio::test]
-async fn readers_use_a_checkpoint_only_while_it_is_current() {
+async fn readers_see_the_writers_indexes() {
     let dir = closed_cleanly(8).await;
+    let cache = open(dir.path());
     let reader = CacheDir::open_read_only(dir.path()).unwrap();
-    let from_checkpoint = crate::cache::read_indexes(&reader).unwrap();
-    let (ids, _) = reader.scan().unwrap();
-    let mut files: Vec<(ObjectId, Vec<u8>)> =
-        crate::cache::read_snapshots(&reader, &ids).into_iter().map(|(id, s)| (id, s.unwrap().into_bytes())).collect();
-    let mut images: Vec<(ObjectId, Vec<u8>)> = from_checkpoint.snapshots.into_iter().map(|(id, s)| (id, s.unwrap().into_bytes())).collect();
-    files.sort();
-    images.sort();
-    assert_eq!(images.len(), 10);
-    assert!(images == files, "a checkpoint image differs from its index file");
-    let (lru, total, _) = scanned(dir.path()); // a writer takes the lock
-    assert_eq!(from_checkpoint.accounted, Some(total));
-    assert_eq!(lru.len(), 10);
-    let after = crate::cache::read_indexes(&reader).unwrap();
-    assert_eq!(after.accounted, None, "a checkpoint was read after another writer took the lock");
-    assert_eq!(after.snapshots.len(), 10);
+    let mut read: Vec<(ObjectId, Vec<u8>)> =
+        crate::cache::read_indexes(&reader).unwrap().into_iter().map(|(id, s)| (id, s.unwrap().bytes().to_vec())).collect();
+    let mut held: Vec<(ObjectId, Vec<u8>)> =
+        cache.entry_ids().into_iter().map(|id| (id, cache.snapshot(&id).unwrap().bytes().to_vec())).collect();
+    read.sort();
+    held.sort();
+    assert_eq!(read.len(), 10);
+    assert!(read == held, "a reader's index differs from the writer's");
 }
 
-/// Past the entries kept open, an entry that left memory reopens from the index bytes it left
-/// behind, so a warm epoch over more objects than are kept open reads no index file; a change
-/// after such a reopen still reaches the file, and the stale bytes are not used again.
+/// Past the entries kept open, entries leave memory and come back from their slots, over and
+/// over; a change after such a reopen is what the next reopen sees.
 #[tokio::test]
-async fn an_entry_that_left_memory_reopens_without_reading_its_index_file() {
+async fn entries_that_leave_memory_reopen_from_their_slots() {
     let dir = tempfile::tempdir().unwrap();
     let config = CacheConfig { block_size: 4096, open_entries: 2, ..CacheConfig::default() };
     let cache = BlockCache::open(
@@ -266,7 +220,6 @@ async fn an_entry_that_left_memory_reopens_without_reading_its_index_file() {
     )
     .unwrap();
     fill(&cache, 6).await; // 8 entries, 2 kept open
-    let reads = || cache.metrics.index_file_reads.load(std::sync::atomic::Ordering::Relaxed);
     let ids = cache.entry_ids();
     for _epoch in 0..2 {
         for id in &ids {
@@ -276,13 +229,8 @@ async fn an_entry_that_left_memory_reopens_without_reading_its_index_file() {
             }
         }
     }
-    assert_eq!(reads(), 0, "an entry that left memory read its index file again");
-
     let changed = cache.open_id(ids[0]).unwrap().unwrap();
-    assert!(changed.index.lock().unwrap().is_image());
     changed.drop_block(0);
-    let on_disk = crate::cache::index::ObjectIndex::read_snapshot(&cache.dir.paths(&ids[0]).1).unwrap();
-    assert!(!on_disk.is_present(0), "the change did not reach the index file");
     drop(changed);
     for id in &ids[1..] {
         cache.open_id(*id).unwrap().unwrap(); // pushes the changed entry out of memory
