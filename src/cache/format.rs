@@ -125,6 +125,11 @@ impl IndexHeader {
         }
     }
 
+    /// Whether this is the index of `info` in `bucket`: same bucket, key, ETag and size.
+    pub fn describes(&self, bucket: &str, info: &crate::object::ObjectInfo) -> bool {
+        self.bucket == bucket && self.key == info.key && self.etag == info.etag && self.object_size == info.size
+    }
+
     /// Number of blocks; the last one may be short. A zero-byte object has no blocks.
     pub fn block_count(&self) -> u64 {
         self.object_size.div_ceil(self.block_size as u64)

@@ -14,6 +14,7 @@ mod entry;
 pub mod format;
 pub mod index;
 mod recovery;
+mod space;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +74,9 @@ pub enum CacheError {
     /// Index trouble.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// Other callers kept creating and dropping the same entry while this one tried.
+    #[error("cache entry busy: created and dropped by other readers meanwhile")]
+    Busy,
     /// Data file trouble.
     #[error("cache data file {path}: {source}")]
     Io {
@@ -256,12 +260,14 @@ impl BlockCache {
         if state.slots.get(&id) != Some(&at) {
             return Ok(None);
         }
-        let slot = self.catalog.open(at).map_err(|source| IndexError::Io { path: "cache catalog".into(), source })?;
-        let opened = ObjectIndex::open(slot);
+        let opened = match self.catalog.open(at) {
+            Ok(slot) => ObjectIndex::open(slot).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("its catalog slot cannot be mapped: {e}")),
+        };
         let problem = match &opened {
-            Ok(idx) if idx.header().object_size == info.size && idx.header().key == info.key => None,
-            Ok(_) => Some(format!("it does not describe s3://{bucket}/{}", info.key)),
-            Err(e) => Some(e.to_string()),
+            Ok(idx) if idx.header().describes(bucket, info) => None,
+            Ok(_) => Some(format!("it does not describe s3://{bucket}/{} {}", info.key, info.etag)),
+            Err(e) => Some(e.clone()),
         };
         match (opened, problem) {
             (Ok(index), None) => Ok(Some(self.activate(&mut state, id, index, data, data_path))),
@@ -301,6 +307,21 @@ impl BlockCache {
         let mut state = self.state.lock().unwrap();
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(obj);
+        }
+        if state.slots.contains_key(&id) {
+            // Another caller created it since `open_existing` looked, and it already left
+            // memory: open that one (one slot per entry). If it is gone by now, create anew.
+            drop(state);
+            if let Some(obj) = self.open_existing(bucket, info)? {
+                return Ok(obj);
+            }
+            state = self.state.lock().unwrap();
+            if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
+                return Ok(obj);
+            }
+            if state.slots.contains_key(&id) {
+                return Err(CacheError::Busy);
+            }
         }
         self.spoil_checkpoint(&mut state);
         let data_path = self.dir.data_path(&id);
@@ -395,17 +416,6 @@ impl BlockCache {
         obj
     }
 
-    /// Deletes entry `id` unless it is in use; returns the bytes freed.
-    pub fn remove(&self, id: ObjectId) -> Option<u64> {
-        let mut state = self.state.lock().unwrap();
-        if Self::in_use(&state, &id) {
-            return None;
-        }
-        let bytes = state.lru.peek(&id).copied().unwrap_or(0);
-        self.forget(&mut state, id);
-        Some(bytes)
-    }
-
     /// Ids of every entry on disk, least recently used first.
     pub fn entry_ids(&self) -> Vec<ObjectId> {
         self.state.lock().unwrap().lru.iter().rev().map(|(id, _)| *id).collect()
@@ -433,74 +443,6 @@ impl BlockCache {
             }
         };
         index::IndexSnapshot::parse(bytes).map_err(|source| IndexError::Format { path: id.hex(), source })
-    }
-
-    /// Whether anyone but the warm set holds entry `id` (an open handle, a fetch).
-    fn in_use(state: &State, id: &ObjectId) -> bool {
-        let warm = usize::from(state.warm.contains(id));
-        state.open.get(id).is_some_and(|w| w.strong_count() > warm)
-    }
-
-    /// Deletes an entry's files and accounting (it must not be in use).
-    fn forget(&self, state: &mut State, id: ObjectId) {
-        self.spoil_checkpoint(state);
-        if let Some(bytes) = state.lru.pop(&id) {
-            state.total -= bytes;
-        }
-        state.warm.pop(&id); // drops the entry and its slot handle...
-        state.open.remove(&id);
-        if let Some(at) = state.slots.remove(&id) {
-            self.catalog.free(at); // ...before the slot is freed
-        }
-        if let Some(vkey) = state.version_of.remove(&id) {
-            if let Some(ids) = state.versions.get_mut(&vkey) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    state.versions.remove(&vkey);
-                }
-            }
-        }
-        // The slot went first: without it the data file is an orphan that the next scan deletes.
-        let data = self.dir.data_path(&id);
-        let _ = std::fs::remove_file(&data);
-        if let Some(listener) = self.on_delete.get() {
-            listener(&data);
-        }
-    }
-
-    fn reserve(&self, id: ObjectId, cost: u64) -> bool {
-        let mut state = self.state.lock().unwrap();
-        if let Some(until) = state.full_until {
-            if Instant::now() < until {
-                return false;
-            }
-            state.full_until = None;
-        }
-        if let Some(limit) = self.config.max_size {
-            while state.total + cost > limit {
-                let victim = state.lru.iter().rev().map(|(id, _)| *id).find(|v| *v != id && !Self::in_use(&state, v));
-                let Some(victim) = victim else { return false };
-                let bytes = state.lru.peek(&victim).copied().unwrap_or(0);
-                self.forget(&mut state, victim);
-                Metrics::add(&self.metrics.evicted_objects, 1);
-                Metrics::add(&self.metrics.evicted_bytes, bytes);
-            }
-        }
-        self.spoil_checkpoint(&mut state);
-        state.total += cost;
-        if let Some(entry) = state.lru.get_mut(&id) {
-            *entry += cost;
-        }
-        true
-    }
-
-    fn release(&self, id: ObjectId, cost: u64) {
-        let mut state = self.state.lock().unwrap();
-        self.spoil_checkpoint(&mut state);
-        state.total -= cost;
-        if let Some(entry) = state.lru.get_mut(&id) {
-            *entry -= cost;
-        }
     }
 
     /// Flushes every open index's map; called at unmount.
