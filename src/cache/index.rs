@@ -33,6 +33,9 @@ pub enum IndexError {
     },
 }
 
+/// How stale a last-access stamp may get before an open rewrites it: an hour.
+pub const ACCESS_STAMP_EVERY_S: u64 = 3600;
+
 /// An entry's index, in its catalog slot.
 pub struct ObjectIndex {
     header: IndexHeader,
@@ -123,8 +126,15 @@ impl ObjectIndex {
     }
 
     /// Stamps the last-access time (seconds since the epoch), which orders eviction after a
-    /// crash and answers `cache ls`/`evict --older-than`.
+    /// crash and answers `cache ls`/`evict --older-than`, unless the stamp is less than
+    /// [`ACCESS_STAMP_EVERY_S`] old: eviction within a mount follows the in-memory order, so
+    /// the stamp needs no more precision, and an epoch repeated within the hour then writes
+    /// nothing (every stamp dirtied a catalog page: at 1.28 M objects, ~0.5 GB written back
+    /// per epoch of a read-only workload).
     pub fn touch(&mut self, now_s: u64) {
+        if now_s.abs_diff(self.last_access()) < ACCESS_STAMP_EVERY_S {
+            return;
+        }
         let off = self.layout.state_off;
         self.bytes_mut()[off..off + 8].copy_from_slice(&now_s.to_le_bytes());
     }
@@ -234,14 +244,15 @@ mod tests {
         let mut idx = ObjectIndex::create(&catalog, &id, vector_header()).unwrap();
         assert_eq!(idx.present_count(), 0);
         idx.mark_present(2, &[9u8; 32], 77);
-        idx.touch(1234);
+        idx.touch(1_700_000_000);
+        idx.touch(1_700_000_000 + ACCESS_STAMP_EVERY_S - 1); // too soon to write again
         idx.set_verify_state(VerifyState::Verified);
         let at = idx.at();
         drop(idx);
         let idx = ObjectIndex::open(catalog.open(at).unwrap()).unwrap();
         assert!(idx.is_present(2) && !idx.is_present(0));
         assert_eq!(idx.block_hash(2), [9u8; 32]);
-        assert_eq!(idx.last_access(), 1234);
+        assert_eq!(idx.last_access(), 1_700_000_000);
         assert_eq!(idx.verify_state(), VerifyState::Verified);
         let read = crate::cache::catalog::read_slots(dir.path()).unwrap();
         let snap = IndexSnapshot::parse(read[0].index.clone().unwrap()).unwrap();
