@@ -158,14 +158,14 @@ impl Tables {
         self.nodes.get(ino.checked_sub(ROOT_INO)? as usize)
     }
 
-    fn to_ms(&self, t: Instant) -> i64 {
+    fn ms_of(&self, t: Instant) -> i64 {
         match t.checked_duration_since(self.epoch) {
             Some(after) => after.as_millis() as i64,
             None => -((self.epoch - t).as_millis() as i64),
         }
     }
 
-    fn from_ms(&self, ms: i64) -> Instant {
+    fn instant_of(&self, ms: i64) -> Instant {
         let d = Duration::from_millis(ms.unsigned_abs());
         if ms >= 0 {
             self.epoch + d
@@ -194,7 +194,7 @@ impl Tables {
                 },
             }
         };
-        Some(Node { ino, kind, learned: self.from_ms(p.learned_ms) })
+        Some(Node { ino, kind, learned: self.instant_of(p.learned_ms) })
     }
 
     /// The inode of `path`, or the hash to insert it with.
@@ -232,7 +232,7 @@ impl Tables {
                 }
             }
         }
-        let learned_ms = self.to_ms(learned);
+        let learned_ms = self.ms_of(learned);
         match found {
             Ok(ino) => {
                 let p = &mut self.nodes[(ino - ROOT_INO) as usize];
@@ -268,7 +268,7 @@ impl Tables {
     /// Makes `ino`'s facts `age` old (so the next use asks S3 again).
     pub fn age(&mut self, ino: u64, age: Duration) {
         let then = Instant::now().checked_sub(age);
-        let ms = then.map(|t| self.to_ms(t));
+        let ms = then.map(|t| self.ms_of(t));
         if let (Some(p), Some(ms)) = (ino.checked_sub(ROOT_INO).and_then(|i| self.nodes.get_mut(i as usize)), ms) {
             p.learned_ms = ms;
         }
