@@ -264,21 +264,17 @@ impl BlockCache {
             Ok(slot) => ObjectIndex::open(slot).map_err(|e| e.to_string()),
             Err(e) => Err(format!("its catalog slot cannot be mapped: {e}")),
         };
-        let problem = match &opened {
-            Ok(idx) if idx.header().describes(bucket, info) => None,
-            Ok(_) => Some(format!("it does not describe s3://{bucket}/{} {}", info.key, info.etag)),
-            Err(e) => Some(e.clone()),
-        };
-        match (opened, problem) {
-            (Ok(index), None) => Ok(Some(self.activate(&mut state, id, index, data, data_path))),
-            (opened, Some(problem)) => {
-                drop(opened); // the slot's one handle goes before the slot is freed
-                tracing::warn!("replacing cache entry {}: {problem}", id.hex());
-                self.forget(&mut state, id);
-                Ok(None)
+        let problem = match opened {
+            Ok(index) if index.header().describes(bucket, info) => return Ok(Some(self.activate(&mut state, id, index, data, data_path))),
+            Ok(index) => {
+                drop(index); // the slot's one handle goes before the slot is freed
+                format!("it does not describe s3://{bucket}/{} {}", info.key, info.etag)
             }
-            (Err(_), None) => unreachable!("an error always has a problem"),
-        }
+            Err(problem) => problem,
+        };
+        tracing::warn!("replacing cache entry {}: {problem}", id.hex());
+        self.forget(&mut state, id);
+        Ok(None)
     }
 
     /// Deletes a damaged entry, unless someone holds it open by now (then it is theirs to use).

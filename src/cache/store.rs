@@ -263,12 +263,6 @@ impl CacheDir {
         self.lock.as_ref().map(|h| (h.before, h.after))
     }
 
-    /// The lock file's state now, as a reader sees it (no lock taken): a checkpoint made for
-    /// this state describes the directory as it is.
-    pub fn lock_stamp_now(&self) -> Option<LockStamp> {
-        LockStamp::read(&mut File::open(self.root.join(LOCK)).ok()?).ok()
-    }
-
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root
