@@ -127,3 +127,32 @@ fn every_passthrough_open_is_released() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A warm epoch over more objects than the cache keeps open: every open is passthrough and the
+/// daemon reads no block back, because the blocks were checked earlier in this mount (entries
+/// that leave memory keep that fact). After a remount they are checked again, once.
+#[test]
+fn a_warm_epoch_past_the_entries_kept_open_reads_nothing_back() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("d/f{i:03}"), bytes(i, 8192 + i as usize))).collect();
+    upload_many(&server, "warm-past-open", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let few_open = |c: &mut hoardfs::mount::MountConfig| c.cache.open_entries = 4;
+    let mount = TestMount::with(&server, "warm-past-open", &cache, tmp.path(), few_open);
+    read_all_parallel(&mount.mountpoint, &objects, 4);
+    let (hits, opens) = (mount.metric(|m| &m.cache_hit_blocks), mount.metric(|m| &m.passthrough_opens));
+    read_all_parallel(&mount.mountpoint, &objects, 4);
+    assert_eq!(mount.metric(|m| &m.passthrough_opens) - opens, 40, "every warm open is passthrough");
+    assert_eq!(mount.metric(|m| &m.cache_hit_blocks), hits, "the warm epoch read blocks back to check them again");
+    assert_eq!(mount.gets(), 40);
+    mount.unmount();
+
+    let again = TestMount::with(&server, "warm-past-open", &cache, tmp.path(), few_open);
+    for _epoch in 0..2 {
+        read_all_parallel(&again.mountpoint, &objects, 4);
+    }
+    assert_eq!(again.metric(|m| &m.cache_hit_blocks), 40, "each block checked once in the new mount");
+    assert_eq!(again.metric(|m| &m.passthrough_opens), 80);
+    assert_eq!(again.gets(), 0);
+}

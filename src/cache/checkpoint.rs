@@ -18,7 +18,7 @@ use lru::LruCache;
 
 use super::catalog::SlotAt;
 use super::store::{write_private, LockStamp};
-use super::ObjectId;
+use super::{ObjectId, Placed};
 
 /// The file's name in the cache dir.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -40,7 +40,7 @@ pub(super) struct Snapshot {
     /// The reverse of `versions`.
     pub version_of: HashMap<ObjectId, String>,
     /// Every entry's catalog slot.
-    pub slots: HashMap<ObjectId, SlotAt>,
+    pub slots: HashMap<ObjectId, Placed>,
 }
 
 /// Why a checkpoint was not used.
@@ -67,7 +67,7 @@ pub(super) fn encode(
     stamp: &LockStamp,
     lru: &LruCache<ObjectId, u64>,
     versions: &BTreeMap<String, Vec<ObjectId>>,
-    slots: &HashMap<ObjectId, SlotAt>,
+    slots: &HashMap<ObjectId, Placed>,
 ) -> Option<Vec<u8>> {
     let described: usize = versions.values().map(Vec::len).sum();
     if described != lru.len() {
@@ -96,7 +96,7 @@ pub(super) fn encode(
             out.extend_from_slice(&id.0);
             out.extend_from_slice(&lru.peek(id)?.to_le_bytes());
             out.extend_from_slice(&rank.get(id)?.to_le_bytes());
-            let at = slots.get(id)?;
+            let at = slots.get(id)?.at;
             out.extend_from_slice(&at.size.to_le_bytes());
             out.extend_from_slice(&at.slot.to_le_bytes());
         }
@@ -155,7 +155,7 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<Snapshot, Checkp
             let id = ObjectId(r.take(32)?.try_into().expect("32 bytes"));
             let bytes = r.u64()?;
             let rank = r.u32()? as usize;
-            slots.insert(id, SlotAt { size: r.u32()?, slot: r.u32()? });
+            slots.insert(id, SlotAt { size: r.u32()?, slot: r.u32()? }.into());
             match by_rank.get_mut(rank) {
                 Some(slot @ None) => *slot = Some((id, bytes)),
                 _ => return Err(Damaged("an eviction rank is out of range or repeated")),

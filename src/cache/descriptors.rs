@@ -50,7 +50,9 @@ impl BlockCache {
                     .collect();
                 tracing::warn!("out of file descriptors; closing {} idle cache entries and retrying", idle.len());
                 for id in idle {
-                    state.warm.pop(&id);
+                    if let Some(obj) = state.warm.pop(&id) {
+                        state.leaving_memory(&obj);
+                    }
                 }
                 open()
             }

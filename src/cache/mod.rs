@@ -118,10 +118,47 @@ struct State {
     versions: BTreeMap<String, Vec<ObjectId>>,
     /// The reverse of `versions`.
     version_of: HashMap<ObjectId, String>,
-    /// Where each entry's index lives in the catalog.
-    slots: HashMap<ObjectId, catalog::SlotAt>,
+    /// Where each entry's index lives in the catalog, and what this mount checked of it.
+    slots: HashMap<ObjectId, Placed>,
     /// A checkpoint of this state is on disk: the next change removes it.
     checkpointed: bool,
+}
+
+/// An entry on disk: its index's slot, and whether every block of it had its blake3 checked in
+/// this mount when it last left memory. The flag lets a warm epoch over more objects than are
+/// kept open hand each one to the kernel at open without reading it again: the data file is the
+/// same one that was checked (an entry's file changes only by deletion, which removes this
+/// record with its slot), and only this process writes the directory while it holds the lock.
+/// Never persisted: a new mount starts with every flag clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Placed {
+    pub at: catalog::SlotAt,
+    pub checked: bool,
+}
+
+impl From<catalog::SlotAt> for Placed {
+    fn from(at: catalog::SlotAt) -> Self {
+        Self { at, checked: false }
+    }
+}
+
+impl State {
+    /// Records what this mount checked of an entry that leaves memory (the warm set lets go of
+    /// it); its checked bits go with it, and the flag is what its next open starts from.
+    fn leaving_memory(&mut self, obj: &CachedObject) {
+        if let Some(placed) = self.slots.get_mut(&obj.id) {
+            placed.checked = obj.all_checked();
+        }
+    }
+
+    /// Puts `obj` at the front of the warm set; the entry that falls off the back leaves memory.
+    fn keep_warm(&mut self, id: ObjectId, obj: Arc<CachedObject>) {
+        if let Some((old_id, old)) = self.warm.push(id, obj) {
+            if old_id != id {
+                self.leaving_memory(&old);
+            }
+        }
+    }
 }
 
 fn version_key(bucket: &str, key: &str) -> String {
@@ -222,7 +259,7 @@ impl BlockCache {
         let mut state = self.state.lock().unwrap();
         let obj = state.open.get(&id).and_then(Weak::upgrade)?;
         state.lru.promote(&id);
-        state.warm.put(id, obj.clone());
+        state.keep_warm(id, obj.clone());
         Some(obj)
     }
 
@@ -236,7 +273,7 @@ impl BlockCache {
             return Ok(Some(obj));
         }
         let id = ObjectId::new(bucket, &info.key, &info.etag);
-        let Some(at) = self.state.lock().unwrap().slots.get(&id).copied() else { return Ok(None) };
+        let Some(at) = self.state.lock().unwrap().slots.get(&id).map(|p| p.at) else { return Ok(None) };
         self.catalog.prefault(at);
         let data_path = self.dir.data_path(&id);
         let data = match self.retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path)) {
@@ -257,15 +294,15 @@ impl BlockCache {
         }
         // Evicted while the data file was being opened (it is unlinked now): absent, so the
         // caller makes a new entry rather than living on in a deleted file nobody accounts for.
-        if state.slots.get(&id) != Some(&at) {
-            return Ok(None);
-        }
+        let Some(placed) = state.slots.get(&id).copied().filter(|p| p.at == at) else { return Ok(None) };
         let opened = match self.catalog.open(at) {
             Ok(slot) => ObjectIndex::open(slot).map_err(|e| e.to_string()),
             Err(e) => Err(format!("its catalog slot cannot be mapped: {e}")),
         };
         let problem = match opened {
-            Ok(index) if index.header().describes(bucket, info) => return Ok(Some(self.activate(&mut state, id, index, data, data_path))),
+            Ok(index) if index.header().describes(bucket, info) => {
+                return Ok(Some(self.activate(&mut state, id, index, data, data_path, placed.checked)));
+            }
             Ok(index) => {
                 drop(index); // the slot's one handle goes before the slot is freed
                 format!("it does not describe s3://{bucket}/{} {}", info.key, info.etag)
@@ -343,7 +380,7 @@ impl BlockCache {
                 return Err(e.into());
             }
         };
-        state.slots.insert(id, index.at());
+        state.slots.insert(id, index.at().into());
         // Older versions of this key will not be read again by new opens: evict them first.
         let vkey = version_key(bucket, &info.key);
         let State { versions, version_of, lru, .. } = &mut *state;
@@ -357,10 +394,11 @@ impl BlockCache {
             index.set_verify_state(VerifyState::Unverifiable);
         }
         let data = Self::shedding_on_emfile(&mut state, || OpenOptions::new().read(true).write(true).open(&data_path)).map_err(io_err)?;
-        Ok(self.activate(&mut state, id, index, data, data_path))
+        Ok(self.activate(&mut state, id, index, data, data_path, false))
     }
 
     /// Makes an opened entry live: in the open map, the warm set and the eviction order.
+    /// `checked`: every block was checked in this mount before the entry last left memory.
     fn activate(
         &self,
         state: &mut State,
@@ -368,6 +406,7 @@ impl BlockCache {
         mut index: ObjectIndex,
         data: std::fs::File,
         data_path: std::path::PathBuf,
+        checked: bool,
     ) -> Arc<CachedObject> {
         index.touch(now_secs());
         let header = index.header().clone();
@@ -393,7 +432,7 @@ impl BlockCache {
             index: Mutex::new(index),
             data: Arc::new(data),
             data_path,
-            checked: Mutex::new(vec![0; words]),
+            checked: Mutex::new(vec![if checked { u64::MAX } else { 0 }; words]),
             verified: AtomicBool::new(verified),
             units_verified: Mutex::new(units_verified),
             units_failed: Mutex::new(vec![None; units]),
@@ -408,7 +447,7 @@ impl BlockCache {
             state.prune_open_at = (2 * state.open.len()).max(MIN_PRUNE_AT);
         }
         state.open.insert(id, Arc::downgrade(&obj));
-        state.warm.put(id, obj.clone());
+        state.keep_warm(id, obj.clone());
         obj
     }
 
@@ -429,7 +468,7 @@ impl BlockCache {
         let bytes = match state.open.get(id).and_then(Weak::upgrade) {
             Some(obj) => obj.index.lock().unwrap().bytes().to_vec(),
             None => {
-                let at = *state.slots.get(id).ok_or_else(|| IndexError::Io {
+                let at = state.slots.get(id).map(|p| p.at).ok_or_else(|| IndexError::Io {
                     path: id.hex(),
                     source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such cache entry"),
                 })?;

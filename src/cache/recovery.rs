@@ -36,7 +36,7 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     };
     checkpoint::remove(dir.root());
     match loaded {
-        Ok(snapshot) => match Catalog::new(dir.root(), snapshot.slots.values().copied()) {
+        Ok(snapshot) => match Catalog::new(dir.root(), snapshot.slots.values().map(|p| p.at)) {
             Ok(catalog) => {
                 let ms = started.elapsed().as_millis();
                 tracing::info!("cache state read from its checkpoint: {} entries in {ms} ms", snapshot.lru.len());
@@ -109,7 +109,7 @@ fn scan(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     let mut slots = HashMap::with_capacity(found.len());
     for (id, (at, snap)) in found {
         let h = &snap.header;
-        slots.insert(id, at);
+        slots.insert(id, at.into());
         entries.push((snap.last_access(), id, accounted_bytes(h, |b| snap.is_present(b)), version_key(&h.bucket, &h.key)));
     }
     // Least recently used first; versions of a key in the same order, so that two scans of one

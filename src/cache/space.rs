@@ -30,8 +30,8 @@ impl BlockCache {
         }
         state.warm.pop(&id); // drops the entry and its slot handle...
         state.open.remove(&id);
-        if let Some(at) = state.slots.remove(&id) {
-            self.catalog.free(at); // ...before the slot is freed
+        if let Some(placed) = state.slots.remove(&id) {
+            self.catalog.free(placed.at); // ...before the slot is freed
         }
         if let Some(vkey) = state.version_of.remove(&id) {
             if let Some(ids) = state.versions.get_mut(&vkey) {

@@ -48,17 +48,22 @@ async fn closed_cleanly(n: usize) -> tempfile::TempDir {
 
 type State = (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>, HashMap<ObjectId, SlotAt>);
 
+/// Slot addresses only (the per-mount checked flags are not the checkpoint's).
+fn addresses(slots: &HashMap<ObjectId, Placed>) -> HashMap<ObjectId, SlotAt> {
+    slots.iter().map(|(id, p)| (*id, p.at)).collect()
+}
+
 /// What a reopened cache believes: eviction order with bytes, total, versions, slots.
 fn state_of(cache: &BlockCache) -> State {
     let s = cache.state.lock().unwrap();
-    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone(), s.slots.clone())
+    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone(), addresses(&s.slots))
 }
 
 /// The state a full scan finds (the checkpoint set aside).
 fn scanned(dir: &Path) -> State {
     let held = CacheDir::open_exclusive(dir).unwrap();
     let (r, _) = crate::cache::recovery::scan_for_tests(&held).unwrap();
-    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions, r.slots)
+    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions, addresses(&r.slots))
 }
 
 #[test]
@@ -72,7 +77,7 @@ fn encoding_round_trips_and_any_flipped_byte_is_refused() {
         let id = ObjectId::new("b", &vkey, &i.to_string());
         lru.put(id, 4096 * (i as u64 + 1));
         versions.entry(vkey).or_default().push(id);
-        slots.insert(id, SlotAt { size: if i % 3 == 0 { 384 } else { 256 }, slot: i as u32 * 7 });
+        slots.insert(id, Placed::from(SlotAt { size: if i % 3 == 0 { 384 } else { 256 }, slot: i as u32 * 7 }));
     }
     let bytes = encode(&stamp, &lru, &versions, &slots).unwrap();
     let back = decode(&bytes, &stamp).unwrap();
@@ -158,7 +163,7 @@ fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
     assert_eq!(back.version_of[&e3], "b\0data/ab.bin");
     let slots: HashMap<ObjectId, SlotAt> =
         [(e1, SlotAt { size: 256, slot: 0 }), (e2, SlotAt { size: 256, slot: 1 }), (e3, SlotAt { size: 384, slot: 0 })].into();
-    assert_eq!(back.slots, slots);
+    assert_eq!(addresses(&back.slots), slots);
     assert_eq!(encode(&stamp, &back.lru, &back.versions, &back.slots).unwrap(), bytes);
 }
 
@@ -237,4 +242,41 @@ async fn entries_that_leave_memory_reopen_from_their_slots() {
     }
     let again = cache.open_id(ids[0]).unwrap().unwrap();
     assert!(!again.is_present(0), "a reopen used bytes from before the change");
+}
+
+/// An entry whose every block was checked in this mount stays checked when it leaves memory, so
+/// a warm epoch past the entries kept open reads no block back; a new mount checks again, and a
+/// block dropped meanwhile makes the entry unchecked when it next leaves.
+#[tokio::test]
+async fn entries_leave_memory_checked_and_come_back_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let config = CacheConfig { block_size: 4096, open_entries: 2, ..CacheConfig::default() };
+    let open_with = |metrics: Arc<Metrics>| {
+        BlockCache::open(CacheDir::open_exclusive(dir.path()).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics, config.clone())
+            .unwrap()
+    };
+    let cache = open_with(metrics.clone());
+    fill(&cache, 6).await; // 8 entries, written (so checked) in this mount; 2 kept open
+    let ids = cache.entry_ids();
+    for _epoch in 0..2 {
+        for id in &ids {
+            assert!(cache.open_id(*id).unwrap().unwrap().all_checked(), "{} came back unchecked", id.hex());
+        }
+    }
+    assert_eq!(metrics.cache_hit_blocks.load(std::sync::atomic::Ordering::Relaxed), 0, "no block was read back");
+
+    // One block fails its check: the entry leaves memory unchecked and comes back unchecked.
+    let damaged = cache.open_id(ids[0]).unwrap().unwrap();
+    damaged.drop_block(0);
+    drop(damaged);
+    for id in &ids[1..] {
+        cache.open_id(*id).unwrap().unwrap();
+    }
+    assert!(!cache.open_id(ids[0]).unwrap().unwrap().all_checked());
+    drop(cache);
+
+    // A new mount trusts nothing this one checked.
+    let cache = open_with(Arc::new(Metrics::default()));
+    assert!(ids.iter().all(|id| !cache.open_id(*id).unwrap().unwrap().all_checked()));
 }
