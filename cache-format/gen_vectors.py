@@ -76,6 +76,7 @@ def checkpoint(lock, entries):
         groups.setdefault((bucket + "\0" + key).encode(), []).append((oid, size, rank, slot_size, slot))
     previous = b""
     for vkey in sorted(groups):
+        groups[vkey].sort(key=lambda e: e[2])  # a group's entries in rank order
         shared = 0
         while shared < min(len(vkey), len(previous)) and vkey[shared] == previous[shared]:
             shared += 1

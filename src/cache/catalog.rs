@@ -397,8 +397,16 @@ fn slab_sizes(dir: &Path) -> std::io::Result<Vec<u32>> {
 /// Every used slot of `dir`'s catalog, read with plain reads (for the scan at mount and for
 /// readers beside a mount, which see a slot being written as damaged or not yet used).
 pub fn read_slots(dir: &Path) -> std::io::Result<Vec<SlotRead>> {
-    use std::io::Read;
     let mut out = Vec::new();
+    each_slot(dir, |at, id, index| out.push(SlotRead { at, id, index: index.map(<[u8]>::to_vec) }))?;
+    Ok(out)
+}
+
+/// Calls `f` with every used slot of `dir`'s catalog, read as [`read_slots`] reads them, without
+/// holding them all: the slot, the id, and the index bytes (`None` if the length overruns the
+/// slot).
+pub fn each_slot(dir: &Path, mut f: impl FnMut(SlotAt, ObjectId, Option<&[u8]>)) -> std::io::Result<()> {
+    use std::io::Read;
     for size in slab_sizes(dir)? {
         let path = slab_path(dir, size);
         let mut file = std::io::BufReader::with_capacity(1 << 20, File::open(&path)?);
@@ -414,11 +422,10 @@ pub fn read_slots(dir: &Path) -> std::io::Result<Vec<SlotRead>> {
                 continue;
             }
             let id = ObjectId(slot[8..40].try_into().expect("32 bytes"));
-            let index = slot.get(SLOT_HEADER..SLOT_HEADER + len).map(<[u8]>::to_vec);
-            out.push(SlotRead { at: SlotAt { size, slot: n }, id, index });
+            f(SlotAt { size, slot: n }, id, slot.get(SLOT_HEADER..SLOT_HEADER + len));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

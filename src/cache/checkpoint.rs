@@ -11,14 +11,13 @@
 //! torn or unparsable checkpoint means a full scan, as before. The byte layout is specified in
 //! `cache-format/README.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use lru::LruCache;
-
 use super::catalog::SlotAt;
+use super::entries::{Entries, Record};
 use super::store::{write_private, LockStamp};
-use super::{ObjectId, Placed};
+use super::ObjectId;
 
 /// The file's name in the cache dir.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -31,16 +30,10 @@ const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 4;
 
 /// The in-memory state a checkpoint holds.
 pub(super) struct Snapshot {
-    /// Every entry, least recently used first, with its accounted bytes.
-    pub lru: LruCache<ObjectId, u64>,
-    /// Sum of the accounted bytes.
+    /// Every entry, in eviction order.
+    pub entries: Entries,
+    /// Sum of their accounted bytes.
     pub total: u64,
-    /// Entry ids per `bucket\0key`.
-    pub versions: BTreeMap<String, Vec<ObjectId>>,
-    /// The reverse of `versions`.
-    pub version_of: HashMap<ObjectId, String>,
-    /// Every entry's catalog slot.
-    pub slots: HashMap<ObjectId, Placed>,
 }
 
 /// Why a checkpoint was not used.
@@ -60,45 +53,41 @@ pub(super) enum CheckpointError {
     Damaged(&'static str),
 }
 
-/// Encodes `versions`, `lru` and `slots` as a checkpoint for a lock file in state `stamp`.
-/// `None` if some entry has no bucket and key known or no slot: such a cache is scanned again
-/// rather than described partly.
-pub(super) fn encode(
-    stamp: &LockStamp,
-    lru: &LruCache<ObjectId, u64>,
-    versions: &BTreeMap<String, Vec<ObjectId>>,
-    slots: &HashMap<ObjectId, Placed>,
-) -> Option<Vec<u8>> {
-    let described: usize = versions.values().map(Vec::len).sum();
-    if described != lru.len() {
-        return None;
-    }
-    // Rank 0 is the least recently used entry.
-    let rank: HashMap<ObjectId, u32> = lru.iter().rev().enumerate().map(|(i, (id, _))| (*id, i as u32)).collect();
-    let total: u64 = lru.iter().map(|(_, b)| *b).sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + lru.len() * (ENTRY_LEN + 32) + TRAILER_LEN);
+/// Encodes `entries` as a checkpoint for a lock file in state `stamp`, with each entry's
+/// `bucket\0key` from `keys`. `None` if some entry has no key there: such a cache is scanned
+/// again rather than described partly.
+pub(super) fn encode(stamp: &LockStamp, entries: &Entries, keys: &HashMap<ObjectId, String>) -> Option<Vec<u8>> {
+    // Rank 0 is the least recently used entry; groups in byte order of their key, and a group's
+    // entries in rank order.
+    let mut rows: Vec<(&str, u32, &Record)> = entries
+        .oldest_first()
+        .enumerate()
+        .map(|(rank, r)| Some((keys.get(&r.id())?.as_str(), u32::try_from(rank).ok()?, r)))
+        .collect::<Option<_>>()?;
+    rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let total: u64 = rows.iter().map(|(_, _, r)| r.bytes).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + rows.len() * (ENTRY_LEN + 32) + TRAILER_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&stamp.pid.to_le_bytes());
-    for v in [stamp.dev, stamp.ino, stamp.mtime_ns as u64, stamp.ctime_ns as u64, lru.len() as u64, total] {
+    for v in [stamp.dev, stamp.ino, stamp.mtime_ns as u64, stamp.ctime_ns as u64, rows.len() as u64, total] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let mut previous: &[u8] = &[];
-    for (vkey, ids) in versions {
-        let key = vkey.as_bytes();
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        let key = group[0].0.as_bytes();
         let shared = key.iter().zip(previous).take_while(|(a, b)| a == b).count().min(u16::MAX as usize);
         let suffix = &key[shared..];
         out.extend_from_slice(&(shared as u16).to_le_bytes());
         out.extend_from_slice(&u16::try_from(suffix.len()).ok()?.to_le_bytes());
         out.extend_from_slice(suffix);
-        out.extend_from_slice(&u32::try_from(ids.len()).ok()?.to_le_bytes());
-        for id in ids {
-            out.extend_from_slice(&id.0);
-            out.extend_from_slice(&lru.peek(id)?.to_le_bytes());
-            out.extend_from_slice(&rank.get(id)?.to_le_bytes());
-            let at = slots.get(id)?.at;
-            out.extend_from_slice(&at.size.to_le_bytes());
-            out.extend_from_slice(&at.slot.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(group.len()).ok()?.to_le_bytes());
+        for (_, rank, r) in group {
+            out.extend_from_slice(&r.id().0);
+            out.extend_from_slice(&r.bytes.to_le_bytes());
+            out.extend_from_slice(&rank.to_le_bytes());
+            out.extend_from_slice(&r.at.size.to_le_bytes());
+            out.extend_from_slice(&r.at.slot.to_le_bytes());
         }
         previous = key;
     }
@@ -131,12 +120,10 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<Snapshot, Checkp
     if count > body.len() / ENTRY_LEN {
         return Err(Damaged("more entries than bytes"));
     }
-    let mut by_rank: Vec<Option<(ObjectId, u64)>> = vec![None; count];
-    let mut versions = BTreeMap::new();
-    let mut version_of = HashMap::with_capacity(count);
-    let mut slots = HashMap::with_capacity(count);
+    let mut entries = Entries::with_capacity(count);
+    let mut by_rank: Vec<Option<(ObjectId, u64, SlotAt, u64)>> = vec![None; count];
     let mut key: Vec<u8> = Vec::new();
-    let mut sum = 0u64;
+    let (mut sum, mut described) = (0u64, 0usize);
     while r.at < body.len() {
         let shared = r.u16()? as usize;
         let suffix_len = r.u16()? as usize;
@@ -145,41 +132,41 @@ pub(super) fn decode(bytes: &[u8], stamp: &LockStamp) -> Result<Snapshot, Checkp
         }
         key.truncate(shared);
         key.extend_from_slice(r.take(suffix_len)?);
-        let vkey = String::from_utf8(key.clone()).map_err(|_| Damaged("key is not UTF-8"))?;
+        if std::str::from_utf8(&key).is_err() {
+            return Err(Damaged("key is not UTF-8"));
+        }
+        let key_hash = entries.key_hash(&key);
         let n = r.u32()? as usize;
         if n == 0 {
             return Err(Damaged("a key without entries"));
         }
-        let mut ids = Vec::with_capacity(n.min(count));
         for _ in 0..n {
             let id = ObjectId(r.take(32)?.try_into().expect("32 bytes"));
             let bytes = r.u64()?;
             let rank = r.u32()? as usize;
-            slots.insert(id, SlotAt { size: r.u32()?, slot: r.u32()? }.into());
+            let at = SlotAt { size: r.u32()?, slot: r.u32()? };
             match by_rank.get_mut(rank) {
-                Some(slot @ None) => *slot = Some((id, bytes)),
+                Some(slot @ None) => *slot = Some((id, bytes, at, key_hash)),
                 _ => return Err(Damaged("an eviction rank is out of range or repeated")),
             }
             sum = sum.checked_add(bytes).ok_or(Damaged("byte total overflows"))?;
-            ids.push(id);
-            version_of.insert(id, vkey.clone());
+            described += 1;
         }
-        versions.insert(vkey, ids);
     }
-    if sum != total || version_of.len() != count {
+    if sum != total || described != count {
         return Err(Damaged("entries do not add up to the header's totals"));
     }
-    let mut lru = LruCache::unbounded();
-    for (id, bytes) in by_rank.into_iter().flatten() {
-        lru.put(id, bytes);
+    // Least recently used first, so the last version of a key loaded is its newest.
+    for (id, bytes, at, key_hash) in by_rank.into_iter().flatten() {
+        if entries.get(&id).is_some() {
+            return Err(Damaged("an entry is listed twice"));
+        }
+        entries.insert(id, at, bytes, key_hash, false);
     }
-    if lru.len() != count {
+    if entries.len() != count {
         return Err(Damaged("an eviction rank is missing"));
     }
-    if slots.len() != count {
-        return Err(Damaged("an entry is listed twice"));
-    }
-    Ok(Snapshot { lru, total, versions, version_of, slots })
+    Ok(Snapshot { entries, total })
 }
 
 /// Reads and decodes `dir/checkpoint`.
@@ -239,8 +226,17 @@ impl super::BlockCache {
     /// Should anything change afterwards, the change removes it first.
     pub fn checkpoint(&self) {
         let Some((_, stamp)) = self.dir.lock_stamps() else { return };
+        // Keys are read from the slots (the state holds none); slots change only under the state
+        // lock, which is held from here on, and fetches have drained.
         let mut state = self.state.lock().unwrap();
-        let Some(bytes) = encode(&stamp, &state.lru, &state.versions, &state.slots) else {
+        let keys = match super::recovery::read_keys(&self.dir) {
+            Ok(keys) => keys.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("no cache checkpoint written: reading the catalog's keys: {e}");
+                return;
+            }
+        };
+        let Some(bytes) = encode(&stamp, &state.entries, &keys) else {
             tracing::info!("no cache checkpoint written: the state does not describe every entry");
             return;
         };

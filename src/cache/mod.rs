@@ -10,6 +10,7 @@ mod blocks;
 pub mod catalog;
 mod checkpoint;
 mod descriptors;
+mod entries;
 mod entry;
 pub mod format;
 pub mod index;
@@ -17,7 +18,7 @@ mod recovery;
 mod space;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
@@ -28,6 +29,7 @@ use lru::LruCache;
 use crate::io::IoEngine;
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
+use entries::Entries;
 pub use entry::CachedObject;
 use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
@@ -107,47 +109,29 @@ struct State {
     prune_open_at: usize,
     /// The most recently used entries, kept alive.
     warm: LruCache<ObjectId, Arc<CachedObject>>,
-    /// Every entry on disk, least recently used first, with its accounted bytes.
-    lru: LruCache<ObjectId, u64>,
+    /// Every entry on disk, in eviction order, with its slot and accounted bytes.
+    entries: Entries,
     /// Sum of the accounted bytes.
     total: u64,
     /// Set after ENOSPC: the cache does not grow until this instant.
     full_until: Option<Instant>,
-    /// Entry ids per `bucket\0key`, so a new version can push its predecessors to the front of
-    /// the eviction order.
-    versions: BTreeMap<String, Vec<ObjectId>>,
-    /// The reverse of `versions`.
-    version_of: HashMap<ObjectId, String>,
-    /// Where each entry's index lives in the catalog, and what this mount checked of it.
-    slots: HashMap<ObjectId, Placed>,
+    /// Every cached `bucket\0key`, sorted, for offline lookups of directories: built from the
+    /// catalog when first needed, for the entries' generation it was built at.
+    offline_keys: Option<(u64, Arc<Vec<Box<str>>>)>,
     /// A checkpoint of this state is on disk: the next change removes it.
     checkpointed: bool,
 }
 
-/// An entry on disk: its index's slot, and whether every block of it had its blake3 checked in
-/// this mount when it last left memory. The flag lets a warm epoch over more objects than are
-/// kept open hand each one to the kernel at open without reading it again: the data file is the
-/// same one that was checked (an entry's file changes only by deletion, which removes this
-/// record with its slot), and only this process writes the directory while it holds the lock.
-/// Never persisted: a new mount starts with every flag clear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Placed {
-    pub at: catalog::SlotAt,
-    pub checked: bool,
-}
-
-impl From<catalog::SlotAt> for Placed {
-    fn from(at: catalog::SlotAt) -> Self {
-        Self { at, checked: false }
-    }
-}
-
 impl State {
     /// Records what this mount checked of an entry that leaves memory (the warm set lets go of
-    /// it); its checked bits go with it, and the flag is what its next open starts from.
+    /// it): its checked bits go with it, and the flag is what its next open starts from. The
+    /// flag lets a warm epoch over more objects than are kept open hand each one to the kernel
+    /// at open without reading it again. That is as strong as the bits it stands for: the data
+    /// file is the one that was checked (an entry's file changes only by deletion, which removes
+    /// its record), and only this process writes the directory while it holds the lock.
     fn leaving_memory(&mut self, obj: &CachedObject) {
-        if let Some(placed) = self.slots.get_mut(&obj.id) {
-            placed.checked = obj.all_checked();
+        if let Some(record) = self.entries.get_mut(&obj.id) {
+            record.checked = obj.all_checked();
         }
     }
 
@@ -185,7 +169,7 @@ impl BlockCache {
     /// Leftovers of a crash (temp files, data without an index) and damaged indexes are
     /// deleted; a format 1 directory's index files move into the catalog.
     pub fn open(dir: CacheDir, io: Arc<dyn IoEngine>, metrics: Arc<Metrics>, config: CacheConfig) -> std::io::Result<Self> {
-        let (Recovered { lru, total, versions, version_of, slots }, catalog) = recovery::recover(&dir)?;
+        let (Recovered { entries, total }, catalog) = recovery::recover(&dir)?;
         catalog.will_need();
         let warm_capacity = std::num::NonZeroUsize::new(config.open_entries.max(1)).expect("at least 1");
         Ok(Self {
@@ -197,12 +181,10 @@ impl BlockCache {
                 open: HashMap::new(),
                 prune_open_at: MIN_PRUNE_AT,
                 warm: LruCache::new(warm_capacity),
-                lru,
+                entries,
                 total,
                 full_until: None,
-                versions,
-                version_of,
-                slots,
+                offline_keys: None,
                 checkpointed: false,
             }),
             catalog,
@@ -234,22 +216,51 @@ impl BlockCache {
 
     /// Number of object versions on disk.
     pub fn entry_count(&self) -> usize {
-        self.state.lock().unwrap().lru.len()
+        self.state.lock().unwrap().entries.len()
     }
 
     /// Whether the cache holds any object version of `bucket` whose key starts with `prefix`:
     /// what an offline mount needs to come up without S3.
     pub fn holds_prefix(&self, bucket: &str, prefix: &str) -> bool {
         let start = version_key(bucket, prefix);
-        let state = self.state.lock().unwrap();
-        state.versions.range(start.clone()..).next().is_some_and(|(k, _)| k.starts_with(&start))
+        let keys = self.offline_keys();
+        keys.get(keys.partition_point(|k| **k < *start)).is_some_and(|k| k.starts_with(&start))
     }
 
-    /// What the cache knows of `key` without S3: the most recently used version it holds (from
-    /// that entry's index header), for lookups by path while S3 cannot be reached.
+    /// Every cached `bucket\0key`, sorted: read from the catalog at the first offline lookup of a
+    /// directory (S3 unreachable) and again after entries came or went, so a mount that never
+    /// goes offline holds no key strings.
+    fn offline_keys(&self) -> Arc<Vec<Box<str>>> {
+        let generation = {
+            let state = self.state.lock().unwrap();
+            match &state.offline_keys {
+                Some((g, keys)) if *g == state.entries.generation() => return keys.clone(),
+                _ => state.entries.generation(),
+            }
+        };
+        let mut keys: Vec<Box<str>> = match recovery::read_keys(&self.dir) {
+            Ok(keys) => keys.into_iter().map(|(_, vkey)| vkey.into_boxed_str()).collect(),
+            Err(e) => {
+                tracing::warn!("reading the cache's keys for an offline lookup: {e}");
+                Vec::new()
+            }
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        let keys = Arc::new(keys);
+        self.state.lock().unwrap().offline_keys = Some((generation, keys.clone()));
+        keys
+    }
+
+    /// What the cache knows of `key` without S3: the newest version it holds (from that entry's
+    /// index header), for lookups by path while S3 cannot be reached.
     pub fn cached_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
-        let ids = self.state.lock().unwrap().versions.get(&version_key(bucket, key)).cloned()?;
-        ids.iter().filter_map(|id| self.snapshot(id).ok()).max_by_key(|snap| snap.last_access()).map(|snap| snap.header.object_info())
+        let id = {
+            let state = self.state.lock().unwrap();
+            state.entries.newest_of_key(state.entries.key_hash(version_key(bucket, key).as_bytes()))?.id()
+        };
+        let snap = self.snapshot(&id).ok()?;
+        (snap.header.bucket == bucket && snap.header.key == key).then(|| snap.header.object_info())
     }
 
     /// The entry for an object version if it is already in memory; never touches the disk, so
@@ -258,7 +269,7 @@ impl BlockCache {
         let id = ObjectId::new(bucket, &info.key, &info.etag);
         let mut state = self.state.lock().unwrap();
         let obj = state.open.get(&id).and_then(Weak::upgrade)?;
-        state.lru.promote(&id);
+        state.entries.promote(&id);
         state.keep_warm(id, obj.clone());
         Some(obj)
     }
@@ -273,7 +284,7 @@ impl BlockCache {
             return Ok(Some(obj));
         }
         let id = ObjectId::new(bucket, &info.key, &info.etag);
-        let Some(at) = self.state.lock().unwrap().slots.get(&id).map(|p| p.at) else { return Ok(None) };
+        let Some(at) = self.state.lock().unwrap().entries.get(&id).map(|r| r.at) else { return Ok(None) };
         self.catalog.prefault(at);
         let data_path = self.dir.data_path(&id);
         let data = match self.retrying_on_emfile(|| OpenOptions::new().read(true).write(true).open(&data_path)) {
@@ -294,14 +305,14 @@ impl BlockCache {
         }
         // Evicted while the data file was being opened (it is unlinked now): absent, so the
         // caller makes a new entry rather than living on in a deleted file nobody accounts for.
-        let Some(placed) = state.slots.get(&id).copied().filter(|p| p.at == at) else { return Ok(None) };
+        let Some(checked) = state.entries.get(&id).filter(|r| r.at == at).map(|r| r.checked) else { return Ok(None) };
         let opened = match self.catalog.open(at) {
             Ok(slot) => ObjectIndex::open(slot).map_err(|e| e.to_string()),
             Err(e) => Err(format!("its catalog slot cannot be mapped: {e}")),
         };
         let problem = match opened {
             Ok(index) if index.header().describes(bucket, info) => {
-                return Ok(Some(self.activate(&mut state, id, index, data, data_path, placed.checked)));
+                return Ok(Some(self.activate(&mut state, id, index, data, data_path, checked)));
             }
             Ok(index) => {
                 drop(index); // the slot's one handle goes before the slot is freed
@@ -341,7 +352,7 @@ impl BlockCache {
         if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
             return Ok(obj);
         }
-        if state.slots.contains_key(&id) {
+        if state.entries.get(&id).is_some() {
             // Another caller created it since `open_existing` looked, and it already left
             // memory: open that one (one slot per entry). If it is gone by now, create anew.
             drop(state);
@@ -352,7 +363,7 @@ impl BlockCache {
             if let Some(obj) = state.open.get(&id).and_then(Weak::upgrade) {
                 return Ok(obj);
             }
-            if state.slots.contains_key(&id) {
+            if state.entries.get(&id).is_some() {
                 return Err(CacheError::Busy);
             }
         }
@@ -380,16 +391,9 @@ impl BlockCache {
                 return Err(e.into());
             }
         };
-        state.slots.insert(id, index.at().into());
-        // Older versions of this key will not be read again by new opens: evict them first.
-        let vkey = version_key(bucket, &info.key);
-        let State { versions, version_of, lru, .. } = &mut *state;
-        let siblings = versions.entry(vkey.clone()).or_default();
-        for old in siblings.iter() {
-            lru.demote(old);
-        }
-        siblings.push(id);
-        version_of.insert(id, vkey);
+        // The version this one replaces will not be read again by new opens: evict it first.
+        let key_hash = state.entries.key_hash(version_key(bucket, &info.key).as_bytes());
+        state.entries.insert(id, index.at(), 0, key_hash, true);
         if index.header().checksum.algorithm == crate::checksum::Algorithm::None {
             index.set_verify_state(VerifyState::Unverifiable);
         }
@@ -440,7 +444,9 @@ impl BlockCache {
             check_pass: AtomicBool::new(false),
         });
         let bytes = obj.entry_bytes();
-        let old = state.lru.put(id, bytes).unwrap_or(0);
+        let record = state.entries.get_mut(&id).expect("an entry is recorded before it is activated");
+        let old = std::mem::replace(&mut record.bytes, bytes);
+        state.entries.promote(&id);
         state.total = state.total - old + bytes;
         if state.open.len() >= state.prune_open_at {
             state.open.retain(|_, w| w.strong_count() > 0);
@@ -453,7 +459,7 @@ impl BlockCache {
 
     /// Ids of every entry on disk, least recently used first.
     pub fn entry_ids(&self) -> Vec<ObjectId> {
-        self.state.lock().unwrap().lru.iter().rev().map(|(id, _)| *id).collect()
+        self.state.lock().unwrap().entries.oldest_first().map(|r| r.id()).collect()
     }
 
     /// Opens entry `id` from its index (for maintenance commands that start from the disk).
@@ -468,7 +474,7 @@ impl BlockCache {
         let bytes = match state.open.get(id).and_then(Weak::upgrade) {
             Some(obj) => obj.index.lock().unwrap().bytes().to_vec(),
             None => {
-                let at = state.slots.get(id).map(|p| p.at).ok_or_else(|| IndexError::Io {
+                let at = state.entries.get(id).map(|r| r.at).ok_or_else(|| IndexError::Io {
                     path: id.hex(),
                     source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such cache entry"),
                 })?;

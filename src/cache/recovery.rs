@@ -5,12 +5,11 @@
 //! indexes that fail to parse are deleted. A format 1 directory's index files move into the
 //! catalog here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use lru::LruCache;
+use std::collections::{HashMap, HashSet};
 
 use super::catalog::{self, Catalog, SlotAt};
 use super::checkpoint::{self, CheckpointError, Snapshot};
+use super::entries::Entries;
 use super::entry::accounted_bytes;
 use super::format::FormatError;
 use super::index::{IndexError, IndexSnapshot, ObjectIndex};
@@ -20,8 +19,7 @@ use super::{version_key, CacheDir, ObjectId};
 /// Threads reading format 1 index files. Default: 64.
 const SCAN_THREADS: usize = 64;
 
-/// What recovery found: eviction order with each entry's accounted bytes, their sum, the
-/// entry ids of each `bucket\0key`, and each entry's slot.
+/// What recovery found: every entry in eviction order, and their accounted bytes' sum.
 pub(super) type Recovered = Snapshot;
 
 /// Rebuilds the eviction order and size accounting of `dir` (which the caller has locked): from
@@ -36,10 +34,10 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
     };
     checkpoint::remove(dir.root());
     match loaded {
-        Ok(snapshot) => match Catalog::new(dir.root(), snapshot.slots.values().map(|p| p.at)) {
+        Ok(snapshot) => match Catalog::new(dir.root(), snapshot.entries.oldest_first().map(|r| r.at)) {
             Ok(catalog) => {
                 let ms = started.elapsed().as_millis();
-                tracing::info!("cache state read from its checkpoint: {} entries in {ms} ms", snapshot.lru.len());
+                tracing::info!("cache state read from its checkpoint: {} entries in {ms} ms", snapshot.entries.len());
                 return Ok((snapshot, catalog));
             }
             Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
@@ -48,7 +46,7 @@ pub(super) fn recover(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
         Err(e) => tracing::info!("scanning the cache's catalog: {e}"),
     }
     let scanned = scan(dir)?;
-    tracing::info!("cache state rebuilt by a scan: {} entries in {} ms", scanned.0.lru.len(), started.elapsed().as_millis());
+    tracing::info!("cache state rebuilt by a scan: {} entries in {} ms", scanned.0.entries.len(), started.elapsed().as_millis());
     Ok(scanned)
 }
 
@@ -105,27 +103,34 @@ fn scan(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
         tracing::info!("removing cache data file without an index: {}", id.hex());
         let _ = std::fs::remove_file(dir.data_path(id));
     }
-    let mut entries: Vec<(u64, ObjectId, u64, String)> = Vec::with_capacity(found.len());
-    let mut slots = HashMap::with_capacity(found.len());
+    let mut entries = Entries::with_capacity(found.len());
+    let mut rows: Vec<(u64, ObjectId, u64, SlotAt, u64)> = Vec::with_capacity(found.len());
     for (id, (at, snap)) in found {
         let h = &snap.header;
-        slots.insert(id, at.into());
-        entries.push((snap.last_access(), id, accounted_bytes(h, |b| snap.is_present(b)), version_key(&h.bucket, &h.key)));
+        let key_hash = entries.key_hash(version_key(&h.bucket, &h.key).as_bytes());
+        rows.push((snap.last_access(), id, accounted_bytes(h, |b| snap.is_present(b)), at, key_hash));
     }
-    // Least recently used first; versions of a key in the same order, so that two scans of one
-    // directory agree.
-    entries.sort();
-    let mut lru = LruCache::unbounded();
-    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
-    let mut version_of = HashMap::with_capacity(entries.len());
+    // Least recently used first (ties by id, so that two scans of one directory agree), so the
+    // last version of a key loaded is its newest.
+    rows.sort_unstable_by_key(|row| (row.0, row.1));
     let mut total = 0;
-    for (_, id, bytes, vkey) in entries {
-        lru.put(id, bytes);
+    for (_, id, bytes, at, key_hash) in rows {
+        entries.insert(id, at, bytes, key_hash, false);
         total += bytes;
-        versions.entry(vkey.clone()).or_default().push(id);
-        version_of.insert(id, vkey);
     }
-    Ok((Recovered { lru, total, versions, version_of, slots }, catalog))
+    Ok((Recovered { entries, total }, catalog))
+}
+
+/// Every entry's `bucket\0key`, read from the catalog's slabs in order (for the checkpoint, and
+/// for offline lookups of directories); slots that do not parse are left out.
+pub(super) fn read_keys(dir: &CacheDir) -> std::io::Result<Vec<(ObjectId, String)>> {
+    let mut keys = Vec::new();
+    catalog::each_slot(dir.root(), |_, id, index| {
+        if let Some(Ok((h, _))) = index.map(super::format::IndexHeader::decode) {
+            keys.push((id, version_key(&h.bucket, &h.key)));
+        }
+    })?;
+    Ok(keys)
 }
 
 fn parse_slot(index: Option<Vec<u8>>) -> Result<IndexSnapshot, FormatError> {

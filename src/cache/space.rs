@@ -11,7 +11,7 @@ impl BlockCache {
         if Self::in_use(&state, &id) {
             return None;
         }
-        let bytes = state.lru.peek(&id).copied().unwrap_or(0);
+        let bytes = state.entries.get(&id).map_or(0, |r| r.bytes);
         self.forget(&mut state, id);
         Some(bytes)
     }
@@ -25,21 +25,11 @@ impl BlockCache {
     /// Deletes an entry's files and accounting (it must not be in use).
     pub(super) fn forget(&self, state: &mut State, id: ObjectId) {
         self.spoil_checkpoint(state);
-        if let Some(bytes) = state.lru.pop(&id) {
-            state.total -= bytes;
-        }
         state.warm.pop(&id); // drops the entry and its slot handle...
         state.open.remove(&id);
-        if let Some(placed) = state.slots.remove(&id) {
-            self.catalog.free(placed.at); // ...before the slot is freed
-        }
-        if let Some(vkey) = state.version_of.remove(&id) {
-            if let Some(ids) = state.versions.get_mut(&vkey) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    state.versions.remove(&vkey);
-                }
-            }
+        if let Some(record) = state.entries.remove(&id) {
+            state.total -= record.bytes;
+            self.catalog.free(record.at); // ...before the slot is freed
         }
         // The slot went first: without it the data file is an orphan that the next scan deletes.
         let data = self.dir.data_path(&id);
@@ -59,9 +49,9 @@ impl BlockCache {
         }
         if let Some(limit) = self.config.max_size {
             while state.total + cost > limit {
-                let victim = state.lru.iter().rev().map(|(id, _)| *id).find(|v| *v != id && !Self::in_use(&state, v));
+                let victim = state.entries.oldest_first().map(|r| r.id()).find(|v| *v != id && !Self::in_use(&state, v));
                 let Some(victim) = victim else { return false };
-                let bytes = state.lru.peek(&victim).copied().unwrap_or(0);
+                let bytes = state.entries.get(&victim).map_or(0, |r| r.bytes);
                 self.forget(&mut state, victim);
                 Metrics::add(&self.metrics.evicted_objects, 1);
                 Metrics::add(&self.metrics.evicted_bytes, bytes);
@@ -69,8 +59,8 @@ impl BlockCache {
         }
         self.spoil_checkpoint(&mut state);
         state.total += cost;
-        if let Some(entry) = state.lru.get_mut(&id) {
-            *entry += cost;
+        if let Some(record) = state.entries.get_mut(&id) {
+            record.bytes += cost;
         }
         true
     }
@@ -79,8 +69,8 @@ impl BlockCache {
         let mut state = self.state.lock().unwrap();
         self.spoil_checkpoint(&mut state);
         state.total -= cost;
-        if let Some(entry) = state.lru.get_mut(&id) {
-            *entry -= cost;
+        if let Some(record) = state.entries.get_mut(&id) {
+            record.bytes -= cost;
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use super::*;
 use crate::cache::catalog::SlotAt;
+use crate::cache::entries::Entries;
 use crate::cache::{BlockCache, CacheConfig, CacheDir};
 use crate::io::{probe, EngineChoice};
 use crate::metrics::Metrics;
@@ -46,45 +47,58 @@ async fn closed_cleanly(n: usize) -> tempfile::TempDir {
     dir
 }
 
-type State = (Vec<(ObjectId, u64)>, u64, BTreeMap<String, Vec<ObjectId>>, HashMap<ObjectId, SlotAt>);
+/// Eviction order (least recently used first) with bytes and slots, the newest version of each
+/// key (by the key, since key hashes differ between tables), and the total.
+type State = (Vec<(ObjectId, u64, SlotAt)>, Vec<(String, ObjectId)>, u64);
 
-/// Slot addresses only (the per-mount checked flags are not the checkpoint's).
-fn addresses(slots: &HashMap<ObjectId, Placed>) -> HashMap<ObjectId, SlotAt> {
-    slots.iter().map(|(id, p)| (*id, p.at)).collect()
+fn view(entries: &Entries, keys: &HashMap<ObjectId, String>, total: u64) -> State {
+    let order = entries.oldest_first().map(|r| (r.id(), r.bytes, r.at)).collect();
+    let mut newest: Vec<(String, ObjectId)> =
+        keys.values().filter_map(|k| Some((k.clone(), entries.newest_of_key(entries.key_hash(k.as_bytes()))?.id()))).collect();
+    newest.sort();
+    newest.dedup();
+    (order, newest, total)
 }
 
-/// What a reopened cache believes: eviction order with bytes, total, versions, slots.
+fn keys_of(dir: &Path) -> HashMap<ObjectId, String> {
+    crate::cache::recovery::read_keys(&CacheDir::open_read_only(dir).unwrap()).unwrap().into_iter().collect()
+}
+
+/// What a reopened cache believes.
 fn state_of(cache: &BlockCache) -> State {
+    let keys = keys_of(cache.dir().root());
     let s = cache.state.lock().unwrap();
-    (s.lru.iter().map(|(id, b)| (*id, *b)).collect(), s.total, s.versions.clone(), addresses(&s.slots))
+    view(&s.entries, &keys, s.total)
 }
 
 /// The state a full scan finds (the checkpoint set aside).
 fn scanned(dir: &Path) -> State {
     let held = CacheDir::open_exclusive(dir).unwrap();
     let (r, _) = crate::cache::recovery::scan_for_tests(&held).unwrap();
-    (r.lru.iter().map(|(id, b)| (*id, *b)).collect(), r.total, r.versions, addresses(&r.slots))
+    view(&r.entries, &keys_of(dir), r.total)
 }
 
 #[test]
 fn encoding_round_trips_and_any_flipped_byte_is_refused() {
     let stamp = LockStamp { dev: 1, ino: 2, mtime_ns: 3, ctime_ns: 4, pid: 5 };
-    let mut lru = LruCache::unbounded();
-    let mut versions: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
-    let mut slots = HashMap::new();
+    let mut entries = Entries::with_capacity(0);
+    let mut keys = HashMap::new();
     for i in 0..50u8 {
         let vkey = format!("b\0dir/{}/file{}", i % 4, i / 2);
         let id = ObjectId::new("b", &vkey, &i.to_string());
-        lru.put(id, 4096 * (i as u64 + 1));
-        versions.entry(vkey).or_default().push(id);
-        slots.insert(id, Placed::from(SlotAt { size: if i % 3 == 0 { 384 } else { 256 }, slot: i as u32 * 7 }));
+        let key_hash = entries.key_hash(vkey.as_bytes());
+        entries.insert(id, SlotAt { size: if i % 3 == 0 { 384 } else { 256 }, slot: i as u32 * 7 }, 4096 * (i as u64 + 1), key_hash, false);
+        if i % 5 == 0 {
+            entries.promote(&ObjectId::new("b", "dir/0/file0", "0")); // an eviction order that is not the load order
+        }
+        keys.insert(id, vkey);
     }
-    let bytes = encode(&stamp, &lru, &versions, &slots).unwrap();
+    let total = entries.oldest_first().map(|r| r.bytes).sum();
+    let bytes = encode(&stamp, &entries, &keys).unwrap();
     let back = decode(&bytes, &stamp).unwrap();
-    assert_eq!(back.slots, slots);
-    assert_eq!(back.lru.iter().collect::<Vec<_>>(), lru.iter().collect::<Vec<_>>(), "eviction order and bytes");
-    assert_eq!(back.versions, versions);
-    assert_eq!(back.total, lru.iter().map(|(_, b)| b).sum::<u64>());
+    assert_eq!(view(&back.entries, &keys, back.total), view(&entries, &keys, total), "order, bytes, slots, newest versions");
+    keys.remove(&entries.oldest_first().next().unwrap().id());
+    assert!(encode(&stamp, &entries, &keys).is_none(), "an entry without a key must not be left out");
     assert!(matches!(decode(&bytes, &LockStamp { pid: 6, ..stamp }), Err(CheckpointError::Stale)));
     for at in [0, 9, 20, 70, bytes.len() / 2, bytes.len() - 1] {
         let mut bad = bytes.clone();
@@ -154,17 +168,15 @@ fn fixture_checkpoint_parses_and_encodes_to_the_same_bytes() {
     let id = |key: &str, etag: &str| ObjectId::new("b", key, etag);
     let (e1, e2, e3) = (id("data/a.bin", "\"e1\""), id("data/a.bin", "\"e2\""), id("data/ab.bin", "\"e3\""));
     // Least recently used first: ranks 0, 1, 2.
-    let order: Vec<(ObjectId, u64)> = back.lru.iter().rev().map(|(id, b)| (*id, *b)).collect();
-    assert_eq!(order, vec![(e2, 256), (e3, 8576), (e1, 4352)]);
-    assert_eq!(back.total, 13184);
-    let versions: BTreeMap<String, Vec<ObjectId>> =
-        [("b\0data/a.bin".to_string(), vec![e1, e2]), ("b\0data/ab.bin".to_string(), vec![e3])].into();
-    assert_eq!(back.versions, versions);
-    assert_eq!(back.version_of[&e3], "b\0data/ab.bin");
-    let slots: HashMap<ObjectId, SlotAt> =
-        [(e1, SlotAt { size: 256, slot: 0 }), (e2, SlotAt { size: 256, slot: 1 }), (e3, SlotAt { size: 384, slot: 0 })].into();
-    assert_eq!(addresses(&back.slots), slots);
-    assert_eq!(encode(&stamp, &back.lru, &back.versions, &back.slots).unwrap(), bytes);
+    let keys: HashMap<ObjectId, String> =
+        [(e1, "b\0data/a.bin".to_string()), (e2, "b\0data/a.bin".to_string()), (e3, "b\0data/ab.bin".to_string())].into();
+    let (order, newest, total) = view(&back.entries, &keys, back.total);
+    let (a, ab) = (SlotAt { size: 256, slot: 0 }, SlotAt { size: 384, slot: 0 });
+    assert_eq!(order, vec![(e2, 256, SlotAt { size: 256, slot: 1 }), (e3, 8576, ab), (e1, 4352, a)]);
+    assert_eq!(total, 13184);
+    // The newest version of a key is its most recently used one.
+    assert_eq!(newest, vec![("b\0data/a.bin".to_string(), e1), ("b\0data/ab.bin".to_string(), e3)]);
+    assert_eq!(encode(&stamp, &back.entries, &keys).unwrap(), bytes);
 }
 
 /// Entries reopened after a clean close serve the bytes their slot's blake3 vouches for, and a
