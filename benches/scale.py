@@ -3,6 +3,10 @@
 
     benches/scale.sh --objects 250000            # ImageNet's shape: 16 KiB objects in 500 dirs
     benches/scale.sh --objects 1281167 --size 1 --metadata-only   # ImageNet-1k's file count
+    benches/scale.sh --objects 1281167 --dirs 1000 --size 1 --metadata-only --prefilled
+        # ImageNet-1k's count, all cached: hoardfs's cache dir written directly by cachegen.py,
+        # then the mount that reads its catalog, the remount from its checkpoint, RSS, cache
+        # stat and cache ls, and an epoch over a sample after the remount
 
 The objects are written straight into a directory served on 127.0.0.1 by benches/s3-server
 (s3s-fs's directory backend from crates.io behind a listener with TCP_NODELAY; uploading 10^5
@@ -28,6 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cachegen  # noqa: E402  (writes a cache dir directly, for --prefilled)
 import epochs  # noqa: E402  (shares the epoch runner, page-cache drop, peers and /proc readers)
 from epochs import S3sFs, drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
 
@@ -47,7 +52,7 @@ def generate(root, bucket, n, dirs, size):
     """Writes n objects of `size` bytes into `root/bucket/dir-XXXX/`; returns their keys. Reuses a
     complete earlier generation of the same shape (it takes minutes at 10^6)."""
     stamp = os.path.join(root, f".generated-{bucket}-{n}-{dirs}-{size}")
-    keys = [f"dir-{i % dirs:04d}/img-{i:07d}.jpg" for i in range(n)]
+    keys = cachegen.keys(n, dirs)
     if os.path.exists(stamp):
         return keys
     shutil.rmtree(root, ignore_errors=True)
@@ -171,6 +176,27 @@ def run_system(sys_, mnt, keys, readers, metadata_only, raw_fps):
     return out
 
 
+def run_prefilled(sys_, mnt, keys, cache, sample):
+    """A cache of every object written directly (cachegen.py): the mount that reads its catalog,
+    the remount from the checkpoint that mount leaves, an epoch over a sample after it."""
+    out = {}
+    drop_page_cache()
+    out["mount over the written cache (s)"] = sys_.mount()
+    out["rss after mount"] = rss_mib(sys_.pid)
+    sys_.unmount()
+    drop_page_cache()
+    out["remount, page cache dropped (s)"] = sys_.mount()
+    out["rss after remount"] = rss_mib(sys_.pid)
+    if sample:
+        drop_page_cache()
+        paths = [os.path.join(mnt, k) for k in random.Random(9).sample(keys, min(sample, len(keys)))]
+        out["epoch over a sample (after remount)"] = epoch(paths, 3)["files_per_s"]
+        out["rss after the sample"] = rss_mib(sys_.pid)
+    out["peak rss (remount)"] = proc_stats(sys_.pid)[1]
+    sys_.unmount()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", type=int, default=250_000)
@@ -178,6 +204,10 @@ def main():
     ap.add_argument("--size", type=int, default=16 << 10, help="bytes per object")
     ap.add_argument("--readers", type=int, default=8)
     ap.add_argument("--metadata-only", action="store_true", help="list, stat, remount and cache stat only")
+    ap.add_argument("--prefilled", action="store_true",
+                    help="write hoardfs's cache dir directly (benches/cachegen.py) and measure mount, remount, RSS, "
+                         "cache stat and cache ls over it, and an epoch over --sample files (hoardfs only)")
+    ap.add_argument("--sample", type=int, default=20_000, help="with --prefilled: files read after the remount")
     ap.add_argument("--systems", default="hoardfs", help="comma-separated: hoardfs,rclone,s3fs")
     ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-scale"))
@@ -208,7 +238,13 @@ def main():
                 os.makedirs(cache)
                 sys_ = Peer({"rclone": epochs.Rclone, "s3fs": epochs.S3fs}[name], server, bucket, mnt, cache)
             try:
-                r = run_system(sys_, mnt, keys, args.readers, args.metadata_only, raw_fps)
+                if args.prefilled and name == "hoardfs":
+                    t = time.perf_counter()
+                    cachegen.generate(root, bucket, keys, cache)
+                    print(f"cache dir written in {time.perf_counter() - t:.0f} s", flush=True)
+                    r = run_prefilled(sys_, mnt, keys, cache, args.sample)
+                else:
+                    r = run_system(sys_, mnt, keys, args.readers, args.metadata_only, raw_fps)
             except (Exception, SystemExit) as e:
                 print(f"{name}: failed: {e}", file=sys.stderr)
                 subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
@@ -232,6 +268,8 @@ def main():
         for k, v in r.items():
             if k.startswith("epoch") and raw_fps:
                 print(f"  {k:36} {v:10.0f} files/s  {v / raw_fps:5.2f}x raw  {v / net['files_per_s']:5.2f}x net")
+            elif k.startswith("epoch"):
+                print(f"  {k:36} {v:10.0f} files/s")
             elif k.startswith("rss") or k.startswith("peak"):
                 print(f"  {k:36} {v:10.0f} MiB  ({v * 2**20 / args.objects:.0f} B per object)")
             elif k == "cache dir bytes":
