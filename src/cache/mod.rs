@@ -33,8 +33,8 @@ use entries::Entries;
 pub use entry::CachedObject;
 use format::{IndexHeader, VerifyState};
 use index::{IndexError, ObjectIndex};
-pub use recovery::read_indexes;
 use recovery::Recovered;
+pub use recovery::{fold_indexes, read_indexes};
 pub use store::{CacheDir, CacheDirError, ObjectId};
 
 /// Default block size: 1 MiB, the largest request the kernel sends a FUSE daemon by default

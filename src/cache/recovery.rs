@@ -194,6 +194,29 @@ fn read_snapshots(dir: &CacheDir, ids: &[ObjectId]) -> Vec<(ObjectId, Result<Ind
     })
 }
 
+/// Folds every index of `dir` (as [`read_indexes`] reads them) on `threads` threads into one `T`
+/// each, without holding them all; returns the `T`s. For `cache stat` and `cache ls` of
+/// millions of entries.
+pub fn fold_indexes<T: Send>(
+    dir: &CacheDir,
+    threads: usize,
+    init: impl Fn() -> T + Sync,
+    f: impl Fn(&mut T, ObjectId, Result<IndexSnapshot, IndexError>) + Sync,
+) -> std::io::Result<Vec<T>> {
+    let mut out = catalog::fold_slots(dir.root(), threads, &init, |acc, at, id, index| {
+        let where_ = || format!("cache catalog, slot {} of {} bytes", at.slot, at.size);
+        f(acc, id, parse_slot(index.map(<[u8]>::to_vec)).map_err(|source| IndexError::Format { path: where_(), source }))
+    })?;
+    if dir.found_version() < DIR_VERSION {
+        let mut acc = init();
+        for (id, snap) in read_snapshots(dir, &dir.scan()?.v1_indexes) {
+            f(&mut acc, id, snap);
+        }
+        out.push(acc);
+    }
+    Ok(out)
+}
+
 /// Every index of `dir`, for readers that take no lock (`cache stat`, `cache ls`): the
 /// catalog's slabs read in order, and a format 1 directory's index files. A slot being written
 /// by a mount at that instant reads as damaged.

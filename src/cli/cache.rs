@@ -219,19 +219,23 @@ fn stat(common: &Common) -> Result<bool> {
 fn ls(a: &LsArgs) -> Result<bool> {
     let dir = open_read_only(&a.filter.common)?;
     let (mut rows, unreadable) = inspect::entries(&dir, &filter_of(a.filter.source.as_deref())?)?;
+    // Unstable sorts: ties keep no particular order anyway (the catalog's), and they move less.
     match a.sort {
-        SortBy::Key => rows.sort_by(|x, y| (&x.bucket, &x.key).cmp(&(&y.bucket, &y.key))),
-        SortBy::Size => rows.sort_by(|x, y| y.size.cmp(&x.size)),
-        SortBy::Cached => rows.sort_by(|x, y| x.percent_cached.total_cmp(&y.percent_cached)),
-        SortBy::Access => rows.sort_by(|x, y| y.last_access.cmp(&x.last_access)),
+        SortBy::Key => rows.sort_unstable_by(|x, y| (&x.bucket, &x.key).cmp(&(&y.bucket, &y.key))),
+        SortBy::Size => rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.size)),
+        SortBy::Cached => rows.sort_unstable_by(|x, y| x.percent_cached.total_cmp(&y.percent_cached)),
+        SortBy::Access => rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.last_access)),
     }
     if a.filter.common.json {
         print_json(&rows)?;
         return Ok(true);
     }
-    println!("{:>10} {:>7} {:<12} {:<9} {:<20} {:<36} KEY", "SIZE", "CACHED", "VERIFY", "CHECKSUM", "LAST ACCESS", "ETAG");
-    for r in &rows {
-        print_row(r);
+    if let Err(e) = print_rows(&rows) {
+        // `hoardfs cache ls | head` closes the pipe early: that is the reader's choice.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing the listing");
+        }
+        return Ok(true);
     }
     if unreadable > 0 {
         eprintln!("{unreadable} indexes could not be read (a mount frees them and refetches the objects)");
@@ -239,9 +243,21 @@ fn ls(a: &LsArgs) -> Result<bool> {
     Ok(true)
 }
 
-fn print_row(r: &EntryReport) {
+/// The table, through one buffer: `println!` flushes stdout at every line, a write per entry.
+fn print_rows(rows: &[EntryReport]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    writeln!(out, "{:>10} {:>7} {:<12} {:<9} {:<20} {:<36} KEY", "SIZE", "CACHED", "VERIFY", "CHECKSUM", "LAST ACCESS", "ETAG")?;
+    for r in rows {
+        print_row(&mut out, r)?;
+    }
+    out.flush()
+}
+
+fn print_row(out: &mut impl std::io::Write, r: &EntryReport) -> std::io::Result<()> {
     let when = chrono_like(r.last_access);
-    println!(
+    writeln!(
+        out,
         "{:>10} {:>6.1}% {:<12} {:<9} {:<20} {:<36} s3://{}/{}",
         ByteSize(r.size).to_string(),
         r.percent_cached,
@@ -251,7 +267,7 @@ fn print_row(r: &EntryReport) {
         r.etag,
         r.bucket,
         r.key
-    );
+    )
 }
 
 /// UTC `YYYY-MM-DD HH:MM:SS` from epoch seconds (civil-from-days, no date crate needed).
