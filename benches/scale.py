@@ -207,7 +207,9 @@ def main():
     ap.add_argument("--prefilled", action="store_true",
                     help="write hoardfs's cache dir directly (benches/cachegen.py) and measure mount, remount, RSS, "
                          "cache stat and cache ls over it, and an epoch over --sample files (hoardfs only)")
-    ap.add_argument("--sample", type=int, default=20_000, help="with --prefilled: files read after the remount")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="with --prefilled: files read after the remount (each directory they are in is listed "
+                         "from the server first: the generated cache holds no stored listings)")
     ap.add_argument("--systems", default="hoardfs", help="comma-separated: hoardfs,rclone,s3fs")
     ap.add_argument("--hoardfs-args", default="", help="extra flags for `hoardfs mount`, as one string")
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-scale"))
