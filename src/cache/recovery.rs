@@ -65,58 +65,53 @@ fn scan(dir: &CacheDir) -> std::io::Result<(Recovered, Catalog)> {
         let _ = std::fs::remove_file(stray);
     }
     let data: HashSet<ObjectId> = shards.data.iter().copied().collect();
-    let mut found: HashMap<ObjectId, (SlotAt, IndexSnapshot)> = HashMap::new();
+    let mut entries = Entries::with_capacity(data.len());
+    // What an entry needs of its index, not the index: a scan of 1.28 M slots that kept every
+    // parsed index held ~0.5 GB more at its peak.
+    let mut found: HashMap<ObjectId, Found> = HashMap::with_capacity(data.len());
     let mut dead = Vec::new();
-    for read in catalog::read_slots(dir.root())? {
-        match parse_slot(read.index) {
-            Ok(snap) => {
-                let h = &snap.header;
-                let problem = if ObjectId::new(&h.bucket, &h.key, &h.etag) != read.id {
-                    Some("its id does not match its header")
-                } else if !data.contains(&read.id) {
-                    Some("its data file is gone")
-                } else if found.contains_key(&read.id) {
-                    Some("another slot holds the same entry")
-                } else {
-                    None
-                };
-                match problem {
-                    None => drop(found.insert(read.id, (read.at, snap))),
-                    Some(problem) => {
-                        tracing::info!("dropping cache entry {}: {problem}", read.id.hex());
-                        dead.push(read.at);
-                    }
+    catalog::each_slot(dir.root(), |at, id, index| match parse_slot(index.map(<[u8]>::to_vec)) {
+        Ok(snap) => {
+            let h = &snap.header;
+            let problem = if ObjectId::new(&h.bucket, &h.key, &h.etag) != id {
+                Some("its id does not match its header")
+            } else if !data.contains(&id) {
+                Some("its data file is gone")
+            } else if found.contains_key(&id) {
+                Some("another slot holds the same entry")
+            } else {
+                None
+            };
+            match problem {
+                None => drop(found.insert(id, Found::of(&entries, at, &snap))),
+                Some(problem) => {
+                    tracing::info!("dropping cache entry {}: {problem}", id.hex());
+                    dead.push(at);
                 }
             }
-            Err(e) => {
-                tracing::warn!("dropping damaged cache entry {}: {e}", read.id.hex());
-                dead.push(read.at);
-            }
         }
-    }
-    let catalog = Catalog::new(dir.root(), found.values().map(|(at, _)| *at).chain(dead.iter().copied()))?;
+        Err(e) => {
+            tracing::warn!("dropping damaged cache entry {}: {e}", id.hex());
+            dead.push(at);
+        }
+    })?;
+    let catalog = Catalog::new(dir.root(), found.values().map(|f| f.at).chain(dead.iter().copied()))?;
     for at in dead {
         catalog.free(at);
     }
-    let unread = upgrade_v1(dir, &shards.v1_indexes, &data, &catalog, &mut found)?;
+    let unread = upgrade_v1(dir, &shards.v1_indexes, &data, &catalog, &entries, &mut found)?;
     for id in data.iter().filter(|id| !found.contains_key(id) && !unread.contains(id)) {
         tracing::info!("removing cache data file without an index: {}", id.hex());
         let _ = std::fs::remove_file(dir.data_path(id));
     }
-    let mut entries = Entries::with_capacity(found.len());
-    let mut rows: Vec<(u64, ObjectId, u64, SlotAt, u64)> = Vec::with_capacity(found.len());
-    for (id, (at, snap)) in found {
-        let h = &snap.header;
-        let key_hash = entries.key_hash(version_key(&h.bucket, &h.key).as_bytes());
-        rows.push((snap.last_access(), id, accounted_bytes(h, |b| snap.is_present(b)), at, key_hash));
-    }
+    let mut rows: Vec<(ObjectId, Found)> = found.into_iter().collect();
     // Least recently used first (ties by id, so that two scans of one directory agree), so the
     // last version of a key loaded is its newest.
-    rows.sort_unstable_by_key(|row| (row.0, row.1));
+    rows.sort_unstable_by_key(|(id, f)| (f.last_access, *id));
     let mut total = 0;
-    for (_, id, bytes, at, key_hash) in rows {
-        entries.insert(id, at, bytes, key_hash, false);
-        total += bytes;
+    for (id, f) in rows {
+        entries.insert(id, f.at, f.bytes, f.key_hash, false);
+        total += f.bytes;
     }
     Ok((Recovered { entries, total }, catalog))
 }
@@ -137,6 +132,26 @@ fn parse_slot(index: Option<Vec<u8>>) -> Result<IndexSnapshot, FormatError> {
     IndexSnapshot::parse(index.ok_or(FormatError::Corrupt("index longer than its slot"))?)
 }
 
+/// What the scan keeps of an entry's index.
+struct Found {
+    at: SlotAt,
+    last_access: u64,
+    bytes: u64,
+    key_hash: u64,
+}
+
+impl Found {
+    fn of(entries: &Entries, at: SlotAt, snap: &IndexSnapshot) -> Self {
+        let h = &snap.header;
+        Self {
+            at,
+            last_access: snap.last_access(),
+            bytes: accounted_bytes(h, |b| snap.is_present(b)),
+            key_hash: entries.key_hash(version_key(&h.bucket, &h.key).as_bytes()),
+        }
+    }
+}
+
 /// Moves format 1 index files into the catalog: each is copied into a slot, the slots are
 /// written back, and only then are the files removed (a crash in between leaves both, and the
 /// next scan keeps the slot). Returns the ids whose file could not be read now (an I/O error
@@ -146,7 +161,8 @@ fn upgrade_v1(
     ids: &[ObjectId],
     data: &HashSet<ObjectId>,
     catalog: &Catalog,
-    found: &mut HashMap<ObjectId, (SlotAt, IndexSnapshot)>,
+    entries: &Entries,
+    found: &mut HashMap<ObjectId, Found>,
 ) -> std::io::Result<HashSet<ObjectId>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
@@ -156,7 +172,7 @@ fn upgrade_v1(
         match snapshot {
             Ok(snap) if data.contains(&id) && !found.contains_key(&id) => {
                 let slot = catalog.alloc(&id, snap.bytes())?;
-                found.insert(id, (slot.at(), snap));
+                found.insert(id, Found::of(entries, slot.at(), &snap));
                 moved.push(id);
             }
             Ok(_) => gone.push(id),
