@@ -229,9 +229,10 @@ impl HoardFs {
     /// (FUSE passthrough): the object is complete, verified against S3 (or S3 has no checksum and
     /// the policy serves such objects), and every block's blake3 was checked in this mount, so
     /// nothing the daemon would check is skipped.
+    /// The FUSE adapter asks [`Self::try_open`] first; this is the path that may need S3.
     pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
-        if let Some(answer) = self.try_open(ino, write) {
-            return answer;
+        if write {
+            return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
         }
         let info = self.meta.open_file(ino).await?;
         let obj = self.verifier.entry(&info).await.inspect_err(|e| {
@@ -263,8 +264,13 @@ impl HoardFs {
         self.passthrough && obj.is_complete() && !obj.all_checked() && self.verifier.servable(obj)
     }
 
-    /// The open's answer if it needs neither S3 nor the disk: fresh metadata and a cache entry
-    /// already in memory (the FUSE thread answers it at once).
+    /// The open's answer if it needs no S3 request: fresh metadata and an entry in the cache.
+    /// The FUSE thread answers it: from memory, or with the disk reads of reopening the entry
+    /// (its data file's open, its slot's page) and, for a one-block object not yet checked in
+    /// this mount, that block's read and hash. Each of those is what the async path would wait
+    /// for anyway, and the hand-offs to the runtime, a blocking thread and back cost more than
+    /// a small file's read on a busy machine. Anything else (a miss, an error, many blocks to
+    /// check) goes the async way.
     pub fn try_open(&self, ino: u64, write: bool) -> Option<Result<(u64, Option<PathBuf>), FsError>> {
         if write {
             return Some(Err(FsError::new(libc::EROFS, "hoardfs is read-only")));
@@ -273,7 +279,16 @@ impl HoardFs {
             Ok(info) => info,
             Err(e) => return Some(Err(e.into())),
         };
-        let obj = self.cache.open_in_memory(&self.bucket, &info).filter(|obj| !self.check_at_open(obj))?;
+        let obj = match self.cache.open_in_memory(&self.bucket, &info) {
+            Some(obj) => obj,
+            None => self.cache.open_existing(&self.bucket, &info).ok().flatten()?,
+        };
+        if self.check_at_open(&obj) {
+            if obj.block_count() > 1 {
+                return None;
+            }
+            self.cache.check_all_now(&obj);
+        }
         Some(Ok(self.register(ino, info, Ok(obj))))
     }
 

@@ -1,7 +1,10 @@
 //! The `fuser::Filesystem` adapter: decode, hand to [`HoardFs`] on the async runtime, reply.
 //!
-//! No callback blocks its FUSE thread on disk or network: each one takes its `Reply*`, spawns the
-//! work, and the task replies when done, so parallel readers are served in parallel.
+//! No callback blocks its FUSE thread on the network: each one that may need S3 takes its
+//! `Reply*`, spawns the work, and the task replies when done, so parallel readers are served in
+//! parallel. What needs no request is answered here: lookups of known names, and opens of cached
+//! entries, which may wait for the disk reads of reopening one (see `HoardFs::try_open`): on two
+//! cores the hand-offs to the runtime and back cost more than those reads.
 
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
@@ -230,7 +233,10 @@ impl fuser::Filesystem for FuseAdapter {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
         match self.fs.try_open(ino.0, write) {
-            Some(Ok((fh, backing))) => return self.passthrough.reply(ino.0, fh, backing, reply),
+            Some(Ok((fh, backing))) => {
+                Metrics::add(&self.metrics.fuse_opens_inline, 1);
+                return self.passthrough.reply(ino.0, fh, backing, reply);
+            }
             Some(Err(e)) => return reply.error(errno(e.errno)),
             None => {}
         }

@@ -43,7 +43,26 @@ impl BlockCache {
             return None;
         }
         let offset = b * obj.header.block_size as u64;
-        match self.io.read_at(&obj.data, offset, obj.header.block_len(b)).await {
+        let read = self.io.read_at(&obj.data, offset, obj.header.block_len(b)).await;
+        self.judge(obj, b, read)
+    }
+
+    /// [`Self::read_verified`] with a plain `pread` on the calling thread, for every present
+    /// block not yet checked in this mount: for the open of a small object on the FUSE thread,
+    /// where a hop to the I/O engine's thread and back would cost more than the read.
+    pub fn check_all_now(&self, obj: &CachedObject) {
+        use std::os::unix::fs::FileExt;
+        for b in (0..obj.block_count()).filter(|&b| !obj.block_checked(b) && obj.is_present(b)) {
+            let mut block = vec![0u8; obj.header.block_len(b)];
+            let read = obj.data.read_exact_at(&mut block, b * obj.header.block_size as u64).map(|()| Bytes::from(block));
+            self.judge(obj, b, read);
+        }
+    }
+
+    /// What a read of block `b` from disk proves: its bytes if they hash to the block's record
+    /// (the block is then checked in this mount); a miss otherwise, and a mismatch clears it.
+    fn judge(&self, obj: &CachedObject, b: u64, read: std::io::Result<Bytes>) -> Option<Bytes> {
+        match read {
             Ok(block) if block_hash(&block) == obj.index.lock().unwrap().block_hash(b) => {
                 obj.set_checked(b, true);
                 Metrics::add(&self.metrics.cache_hit_blocks, 1);
