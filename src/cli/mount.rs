@@ -95,8 +95,10 @@ pub struct MountArgs {
     /// Kernel read-ahead of the mount in KiB (the kernel's FUSE default is 128).
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     pub read_ahead_kb: u32,
-    /// Threads reading FUSE requests from the kernel.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    /// Threads reading FUSE requests from the kernel. An open of a cached file is answered on
+    /// the thread that read it, including the disk read of a small file's one block after a
+    /// remount, so this is also how many such reads are in flight at once.
+    #[arg(long, value_name = "N", default_value_t = crate::mount::DEFAULT_FUSE_THREADS)]
     pub fuse_threads: usize,
     /// Files fetched ahead at once from the prefetch control file: write the paths a job will
     /// read next, one per line, to MOUNTPOINT/.hoardfs-prefetch and they are fetched in that
