@@ -229,6 +229,7 @@ impl HoardFs {
     /// (FUSE passthrough): the object is complete, verified against S3 (or S3 has no checksum and
     /// the policy serves such objects), and every block's blake3 was checked in this mount, so
     /// nothing the daemon would check is skipped.
+    ///
     /// The FUSE adapter asks [`Self::try_open`] first; this is the path that may need S3.
     pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
         if write {
@@ -288,6 +289,8 @@ impl HoardFs {
                 return None;
             }
             self.cache.check_all_now(&obj);
+        } else if self.checkable(&obj) && !obj.check_pass_begun() {
+            return None; // the async path starts the background pass that makes it passthrough
         }
         Some(Ok(self.register(ino, info, Ok(obj))))
     }

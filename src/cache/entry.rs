@@ -191,6 +191,11 @@ impl CachedObject {
         !self.check_pass.swap(true, Ordering::AcqRel)
     }
 
+    /// Whether the background check pass of this entry has started in this mount.
+    pub fn check_pass_begun(&self) -> bool {
+        self.check_pass.load(Ordering::Acquire)
+    }
+
     /// Whether block `b`'s blake3 was checked in this mount.
     pub fn block_checked(&self, b: u64) -> bool {
         self.was_checked(b)
