@@ -15,7 +15,8 @@ WORK=${HOARDFS_DEMO_DIR:-/tmp/hoardfs-demo}
 MNT=$WORK/mnt
 CACHE=$WORK/cache
 METRICS=127.0.0.1:${HOARDFS_DEMO_METRICS_PORT:-9477}
-mkdir -p "$MNT" "$CACHE"
+mkdir -p "$MNT"
+mkdir -p -m 700 "$CACHE"  # the cache holds key names and data: private, as hoardfs asks
 fusermount3 -u "$MNT" 2>/dev/null || true
 
 SOURCE=${1:-}
@@ -51,7 +52,7 @@ print(f"uploaded a sample dataset to s3://demo-dataset/train on {endpoint}")
 PY
   SOURCE=s3://demo-dataset/train
   EXTRA=(--endpoint-url "$ENDPOINT" --force-path-style)
-  rm -rf "$CACHE"; mkdir -p "$CACHE"
+  rm -rf "$CACHE"; mkdir -p -m 700 "$CACHE"
 fi
 
 mount_it() { "$BIN" mount "$SOURCE" "$MNT" --cache-dir "$CACHE" --metrics-addr "$METRICS" "${EXTRA[@]}"; }
