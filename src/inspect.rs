@@ -74,7 +74,8 @@ pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryRep
         readers(),
         || (Vec::new(), 0),
         |(rows, unreadable): &mut (Vec<EntryReport>, usize), _, snap| match snap {
-            Ok(snap) => rows.extend(report(&snap).filter(|r| filter.matches(&r.bucket, &r.key))),
+            Ok(snap) if filter.matches(&snap.header.bucket, &snap.header.key) => rows.push(report(&snap)),
+            Ok(_) => {}
             Err(_) => *unreadable += 1,
         },
     )?;
@@ -87,11 +88,30 @@ pub fn entries(dir: &CacheDir, filter: &Filter) -> std::io::Result<(Vec<EntryRep
     Ok((all, unreadable))
 }
 
-fn report(snap: &IndexSnapshot) -> Option<EntryReport> {
+/// What an entry's present blocks add up to: how many, their bytes, and the bytes their data
+/// file takes on disk (each block in 4 KiB units).
+struct Presence {
+    blocks: u64,
+    bytes: u64,
+    disk_bytes: u64,
+}
+
+fn presence(snap: &IndexSnapshot) -> Presence {
     let h = &snap.header;
-    let present: Vec<u64> = (0..h.block_count()).filter(|&b| snap.is_present(b)).collect();
-    let cached: u64 = present.iter().map(|&b| h.block_len(b) as u64).sum();
-    Some(EntryReport {
+    let mut p = Presence { blocks: 0, bytes: 0, disk_bytes: 0 };
+    for len in (0..h.block_count()).filter(|&b| snap.is_present(b)).map(|b| h.block_len(b) as u64) {
+        p.blocks += 1;
+        p.bytes += len;
+        p.disk_bytes += crate::cache::round_up(len);
+    }
+    p
+}
+
+fn report(snap: &IndexSnapshot) -> EntryReport {
+    let h = &snap.header;
+    let present = presence(snap);
+    let cached = present.bytes;
+    EntryReport {
         bucket: h.bucket.clone(),
         key: h.key.clone(),
         etag: h.etag.clone(),
@@ -102,9 +122,9 @@ fn report(snap: &IndexSnapshot) -> Option<EntryReport> {
         checksum: h.checksum.algorithm,
         last_access: snap.last_access(),
         blocks: h.block_count(),
-        present_blocks: present.len() as u64,
-        disk_bytes: present.iter().map(|&b| crate::cache::round_up(h.block_len(b) as u64)).sum(),
-    })
+        present_blocks: present.blocks,
+        disk_bytes: present.disk_bytes,
+    }
 }
 
 /// What `cache stat` adds up over every index.
@@ -125,13 +145,11 @@ impl Totals {
             self.unreadable += 1;
             return;
         };
-        let h = &snap.header;
+        let present = presence(&snap);
         self.objects += 1;
-        for b in (0..h.block_count()).filter(|&b| snap.is_present(b)) {
-            self.blocks += 1;
-            self.bytes_cached += h.block_len(b) as u64;
-            self.data_on_disk += crate::cache::round_up(h.block_len(b) as u64);
-        }
+        self.blocks += present.blocks;
+        self.bytes_cached += present.bytes;
+        self.data_on_disk += present.disk_bytes;
         self.states[snap.verify_state() as usize] += 1;
     }
 

@@ -237,15 +237,6 @@ pub fn fold_indexes<T: Send>(
 /// catalog's slabs read in order, and a format 1 directory's index files. A slot being written
 /// by a mount at that instant reads as damaged.
 pub fn read_indexes(dir: &CacheDir) -> std::io::Result<Vec<(ObjectId, Result<IndexSnapshot, IndexError>)>> {
-    let mut out: Vec<_> = catalog::read_slots(dir.root())?
-        .into_iter()
-        .map(|read| {
-            let where_ = || format!("cache catalog, slot {} of {} bytes", read.at.slot, read.at.size);
-            (read.id, parse_slot(read.index).map_err(|source| IndexError::Format { path: where_(), source }))
-        })
-        .collect();
-    if dir.found_version() < DIR_VERSION {
-        out.extend(read_snapshots(dir, &dir.scan()?.v1_indexes));
-    }
-    Ok(out)
+    // One thread visits the slabs in order, then the format 1 files: the order of old.
+    Ok(fold_indexes(dir, 1, Vec::new, |out, id, snap| out.push((id, snap)))?.into_iter().flatten().collect())
 }
