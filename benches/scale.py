@@ -6,7 +6,7 @@
     benches/scale.sh --objects 1281167 --dirs 1000 --size 1 --metadata-only --prefilled
         # ImageNet-1k's count, all cached: hoardfs's cache dir written directly by cachegen.py,
         # then the mount that reads its catalog, the remount from its checkpoint, RSS, cache
-        # stat and cache ls, and an epoch over a sample after the remount
+        # stat and cache ls (and, with --sample N, an epoch over N files after the remount)
 
 The objects are written straight into a directory served on 127.0.0.1 by benches/s3-server
 (s3s-fs's directory backend from crates.io behind a listener with TCP_NODELAY; uploading 10^5
