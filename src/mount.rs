@@ -218,6 +218,12 @@ pub fn mount_with_client(
     let metrics = Arc::new(Metrics::default());
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(client, metrics.clone()));
     let dir = CacheDir::open_exclusive(&config.cache_dir)?;
+    // The bucket check (a one-key LIST) runs while the cache's state loads: neither needs the
+    // other, and a remount of a large cache would otherwise wait for both in turn.
+    let bucket_check = {
+        let (client, prefix) = (client.clone(), config.prefix.clone());
+        runtime.spawn(async move { client.list(&prefix, None, Some(1)).await })
+    };
 
     let io = crate::io::probe(config.io_engine)
         .map_err(|source| MountError::Io { what: "starting io_uring (try --io-engine psync)".into(), source })?;
@@ -228,7 +234,8 @@ pub fn mount_with_client(
     );
     tracing::info!("cache holds {} object versions, {} bytes", cache.entry_count(), cache.total_bytes());
 
-    match runtime.block_on(client.list(&config.prefix, None, Some(1))) {
+    let checked = runtime.block_on(bucket_check).unwrap_or_else(|e| Err(ObjectError::Other(format!("the bucket check failed: {e}"))));
+    match checked {
         Ok(_) => {}
         Err(ObjectError::NotFound(d)) => return Err(MountError::NoSuchBucket { bucket: config.s3.bucket.clone(), detail: d }),
         Err(ObjectError::AccessDenied(d)) => return Err(MountError::AccessDenied(d)),
