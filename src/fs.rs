@@ -118,6 +118,16 @@ enum Source {
     Uncached { reads: UncachedReads, why: String },
 }
 
+/// An open the kernel may serve by itself (FUSE passthrough): the cache data file, by path (its
+/// identity: a new object version is a new file) and open (the entry's own descriptor, which
+/// the adapter registers with the kernel, so the hand-off opens nothing).
+pub struct Offer {
+    /// The data file's path.
+    pub path: PathBuf,
+    /// The data file, as the cache entry holds it open.
+    pub file: Arc<std::fs::File>,
+}
+
 /// One open file handle: the object version it pinned at open, and its access pattern.
 pub struct OpenFile {
     ino: u64,
@@ -231,7 +241,7 @@ impl HoardFs {
     /// nothing the daemon would check is skipped.
     ///
     /// The FUSE adapter asks [`Self::try_open`] first; this is the path that may need S3.
-    pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<PathBuf>), FsError> {
+    pub async fn open_with_passthrough(&self, ino: u64, write: bool) -> Result<(u64, Option<Offer>), FsError> {
         if write {
             return Err(FsError::new(libc::EROFS, "hoardfs is read-only"));
         }
@@ -272,7 +282,7 @@ impl HoardFs {
     /// for anyway, and the hand-offs to the runtime, a blocking thread and back cost more than
     /// a small file's read on a busy machine. Anything else (a miss, an error, many blocks to
     /// check) goes the async way.
-    pub fn try_open(&self, ino: u64, write: bool) -> Option<Result<(u64, Option<PathBuf>), FsError>> {
+    pub fn try_open(&self, ino: u64, write: bool) -> Option<Result<(u64, Option<Offer>), FsError>> {
         if write {
             return Some(Err(FsError::new(libc::EROFS, "hoardfs is read-only")));
         }
@@ -296,7 +306,7 @@ impl HoardFs {
     }
 
     /// Creates the handle and says whether its object may be read by the kernel directly.
-    fn register(&self, ino: u64, info: ObjectInfo, obj: Result<Arc<CachedObject>, crate::cache::CacheError>) -> (u64, Option<PathBuf>) {
+    fn register(&self, ino: u64, info: ObjectInfo, obj: Result<Arc<CachedObject>, crate::cache::CacheError>) -> (u64, Option<Offer>) {
         let source = match obj {
             Ok(obj) => Source::Cached(obj),
             Err(e) => {
@@ -306,7 +316,7 @@ impl HoardFs {
         };
         let backing = match &source {
             Source::Cached(obj) if obj.block_count() > 0 && obj.is_complete() && obj.all_checked() && self.verifier.servable(obj) => {
-                Some(obj.data_path().to_path_buf())
+                Some(Offer { path: obj.data_path().to_path_buf(), file: obj.data_file().clone() })
             }
             _ => None,
         };

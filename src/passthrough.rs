@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
 use lru::LruCache;
 
+use crate::fs::Offer;
 use crate::metrics::Metrics;
 
 /// One inode's backing file in the kernel: the kernel requires every passthrough handle of an
@@ -67,15 +68,15 @@ impl Passthrough {
 
     /// Replies to an open: passthrough when the file system offers the cache file and the kernel
     /// takes it, otherwise a daemon-served open.
-    pub fn reply(&self, ino: u64, fh: u64, offer: Option<PathBuf>, reply: ReplyOpen) {
+    pub fn reply(&self, ino: u64, fh: u64, offer: Option<Offer>, reply: ReplyOpen) {
         if !self.enabled.load(Ordering::Relaxed) {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         }
         let daemon = FopenFlags::FOPEN_DIRECT_IO;
-        let Some(path) = offer else { return reply.opened(FileHandle(fh), daemon) };
+        let Some(offer) = offer else { return reply.opened(FileHandle(fh), daemon) };
         let mut backings = self.backings.lock().unwrap();
         match backings.get_mut(&ino) {
-            Some(b) if b.path == path => {
+            Some(b) if b.path == offer.path => {
                 b.handles += 1;
                 self.record(fh, ino);
                 reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b.id);
@@ -84,22 +85,24 @@ impl Passthrough {
             Some(b) if b.handles == 0 => {
                 backings.pop(&ino);
                 drop(backings);
-                return self.reply(ino, fh, Some(path), reply);
+                return self.reply(ino, fh, Some(offer), reply);
             }
             // Another version of the object is still open through passthrough: serve this one
             // from the daemon until those handles close.
             Some(_) => reply.opened(FileHandle(fh), daemon),
-            None => match std::fs::File::open(&path).and_then(|file| reply.open_backing(&file)) {
+            // The entry's own descriptor: the kernel opens its backing file from it with this
+            // open's flags, so registering it walks no path and opens nothing.
+            None => match reply.open_backing(offer.file.as_ref()) {
                 Ok(id) => {
-                    if backings.len() >= self.retained {
-                        let idle = backings.iter().rev().find(|(_, b)| b.handles == 0).map(|(i, _)| *i);
-                        if let Some(idle) = idle {
-                            backings.pop(&idle);
-                        }
-                    }
+                    let retired = match backings.len() >= self.retained {
+                        true => backings.iter().rev().find(|(_, b)| b.handles == 0).map(|(i, _)| *i).and_then(|i| backings.pop(&i)),
+                        false => None,
+                    };
                     self.record(fh, ino);
                     reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
-                    backings.push(ino, Backing { path, id, handles: 1, deleted: false });
+                    backings.push(ino, Backing { path: offer.path, id, handles: 1, deleted: false });
+                    drop(backings);
+                    drop(retired); // its id is closed in the kernel outside the lock
                 }
                 Err(e) => {
                     tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");

@@ -67,9 +67,15 @@ impl CachedObject {
         self.index.lock().unwrap().is_present(b)
     }
 
-    /// The data file's path (passthrough opens it directly).
+    /// The data file's path: its identity to passthrough (a new object version is a new file).
     pub fn data_path(&self) -> &Path {
         &self.data_path
+    }
+
+    /// The data file, open: passthrough registers this descriptor with the kernel, so handing an
+    /// object to the kernel opens nothing.
+    pub fn data_file(&self) -> &Arc<File> {
+        &self.data
     }
 
     /// Whether every unit matched S3's checksum.
