@@ -54,6 +54,7 @@ metrics! {
     shared_put_failures => "hoardfs_shared_put_failures_total", "Blocks not written to the shared tier (queue full, read-back or PUT failed); dropped.";
     fuse_lookups => "hoardfs_fuse_lookups_total", "LOOKUP requests from the kernel (names it did not get from a directory read).";
     passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
+    fuse_flushes => "hoardfs_fuse_flushes_total", "FLUSH requests; refused as unneeded, so the kernel sends one per mount, not one per close(2).";
     fuse_opens_inline => "hoardfs_fuse_opens_inline_total", "Opens answered on the FUSE thread (a cached entry, no S3 request, no hand-off).";
 }
 
