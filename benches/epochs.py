@@ -22,12 +22,10 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -60,6 +58,15 @@ def drop_page_cache():
             f.write("3")
     except OSError:
         print("warning: cannot drop the page cache (not root); warm numbers include it", file=sys.stderr)
+
+
+def unmount(mnt, pid, seconds=5):
+    """Unmounts `mnt` and waits up to `seconds` for the daemon `pid` to exit (it writes its
+    checkpoint, or finishes a fetch, after the unmount returns)."""
+    subprocess.run(["fusermount3", "-u", mnt], check=True)
+    deadline = time.monotonic() + seconds
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def read_file(path):
@@ -197,11 +204,7 @@ class Hoardfs:
         return hoardfs_gets(self.metrics)
 
     def unmount(self):
-        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
-        for _ in range(100):
-            if not os.path.exists(f"/proc/{self.pid}"):
-                return
-            time.sleep(0.05)
+        unmount(self.mnt, self.pid)
 
 
 class HoardfsHinted(Hoardfs):

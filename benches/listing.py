@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import epochs  # noqa: E402
 from epochs import ROOT, Moto, free_port, proc_stats, wait_mounted  # noqa: E402
 
 PREFIX = "big/"
@@ -63,11 +64,7 @@ class Mount:
         return metric(self.addr, "hoardfs_s3_list_requests_total")
 
     def __exit__(self, *exc):
-        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
-        for _ in range(200):
-            if not os.path.exists(f"/proc/{self.pid}"):
-                return
-            time.sleep(0.05)
+        epochs.unmount(self.mnt, self.pid, seconds=10)
 
 
 def main():

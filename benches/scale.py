@@ -34,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cachegen  # noqa: E402  (writes a cache dir directly, for --prefilled)
 import epochs  # noqa: E402  (shares the epoch runner, page-cache drop, peers and /proc readers)
-from epochs import S3sFs, drop_page_cache, epoch, free_port, proc_stats, wait_mounted  # noqa: E402
+from epochs import S3sFs, drop_page_cache, epoch, proc_stats  # noqa: E402
 
 ROOT = epochs.ROOT
 HOARDFS = os.environ.get("HOARDFS_BIN", os.path.join(ROOT, "target/release/hoardfs"))
@@ -124,11 +124,7 @@ class Hoardfs:
         return time.perf_counter() - t
 
     def unmount(self):
-        subprocess.run(["fusermount3", "-u", self.mnt], check=True)
-        for _ in range(400):
-            if not os.path.exists(f"/proc/{self.pid}"):
-                return
-            time.sleep(0.05)
+        epochs.unmount(self.mnt, self.pid, seconds=20)
 
 
 class Peer:

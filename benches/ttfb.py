@@ -29,7 +29,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import epochs  # noqa: E402  (servers, page-cache drop)
+import epochs  # noqa: E402  (servers, page-cache drop, unmount)
+import scale  # noqa: E402  (credentials and environment of the bench servers)
 from epochs import ROOT, Moto, drop_page_cache  # noqa: E402
 
 HOARDFS = os.environ.get("HOARDFS_BIN", os.path.join(ROOT, "target/release/hoardfs"))
@@ -107,11 +108,7 @@ def first_read(server, bucket, key, mode, work, expect):
             raise SystemExit(f"{key} ({mode}): the first {FIRST} bytes differ from what was uploaded")
         return dt
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], check=True)
-        for _ in range(600):  # the daemon may still be fetching the rest of the object
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.05)
+        epochs.unmount(mnt, pid, seconds=30)  # the daemon may still be fetching the rest
 
 
 def main():
@@ -120,10 +117,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/hoardfs-ttfb"))
     args = ap.parse_args()
-    for k, v in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"), ("AWS_REGION", "us-east-1")):
-        os.environ[k] = v
-    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    os.makedirs(args.work, exist_ok=True)
+    scale.bench_env(args.work)
     isolate_network()
     server = LocalStack(args.work) if os.path.exists(os.path.join(LOCALSTACK, "bin/python")) else Moto(args.work)
     bucket = "ttfb"
