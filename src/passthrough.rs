@@ -85,7 +85,7 @@ impl Passthrough {
             Some(b) if b.handles == 0 => {
                 backings.pop(&ino);
                 drop(backings);
-                return self.reply(ino, fh, Some(offer), reply);
+                self.reply(ino, fh, Some(offer), reply)
             }
             // Another version of the object is still open through passthrough: serve this one
             // from the daemon until those handles close.

@@ -12,6 +12,18 @@ use super::{round_up, BlockCache, CachedObject, FULL_BACKOFF};
 use crate::checksum::block_hash;
 use crate::metrics::Metrics;
 
+/// Block reads in flight for [`BlockCache::check_all`] over every object being checked at once:
+/// each holds a block in memory (1 MiB at the default size) until it is hashed, so this bounds
+/// that memory whatever the number of large objects opened together after a remount.
+pub(super) const CHECK_READS_MAX: usize = 128;
+static CHECK_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CHECK_READS_MAX);
+
+/// Permits of [`CHECK_READS`] not in use (tests: none may leak).
+#[cfg(test)]
+pub(super) fn check_reads_available() -> usize {
+    CHECK_READS.available_permits()
+}
+
 impl BlockCache {
     /// Fast path: `range` of block `b` if it is present *and* its blake3 was already checked in
     /// this mount (and `verify_every_read` is off). Anything else is `None`, and the caller goes
@@ -134,8 +146,12 @@ impl BlockCache {
         loop {
             while running.len() < in_flight.max(1) {
                 let Some(b) = pending.next() else { break };
+                let Ok(permit) = CHECK_READS.acquire().await else { return }; // never closed
                 let (cache, obj) = (Arc::clone(self), Arc::clone(obj));
-                running.spawn(async move { cache.read_verified(&obj, b).await.map(|bytes| bytes.len()) });
+                running.spawn(async move {
+                    let _permit = permit;
+                    cache.read_verified(&obj, b).await.map(|bytes| bytes.len())
+                });
             }
             if running.join_next().await.is_none() {
                 return;

@@ -250,3 +250,41 @@ async fn an_entry_that_cannot_be_opened_for_lack_of_descriptors_stays_on_disk() 
     let obj = cache.open_existing("b", &info).unwrap().expect("the entry is still there");
     assert!(obj.is_complete());
 }
+
+/// Objects checked at open together want more block reads in flight than the cache allows over
+/// all of them (`CHECK_READS_MAX`): the checks wait for each other's reads, every block is
+/// checked (so each open is offered passthrough), and every permit comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_many_objects_at_once_share_one_bound_on_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let (objects, blocks) = (4, 100); // 4 × min(100, CHECK_IN_FLIGHT) reads wanted > 128
+    for i in 0..objects {
+        mem.put(&format!("o{i}"), pattern(4096 * blocks, i as u8));
+    }
+    {
+        let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
+        for i in 0..objects {
+            read_all(&r.fs, &format!("o{i}")).await.unwrap();
+        }
+    }
+    let r = Arc::new(rig(dir.path(), mem, EngineChoice::Psync, small_blocks()));
+    let opens: Vec<_> = (0..objects)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let ino = r.fs.lookup(ROOT_INO, &format!("o{i}")).await.unwrap().ino;
+                r.fs.open_with_passthrough(ino, false).await.unwrap().1.is_some()
+            })
+        })
+        .collect();
+    for open in opens {
+        let checked = tokio::time::timeout(std::time::Duration::from_secs(60), open).await;
+        assert!(
+            checked.expect("the checks stalled: read permits were not returned").unwrap(),
+            "an object checked at open is offered to the kernel"
+        );
+    }
+    assert_eq!(r.metrics.cache_hit_blocks.load(Ordering::Relaxed), (objects * blocks) as u64);
+    assert_eq!(blocks::check_reads_available(), blocks::CHECK_READS_MAX, "a permit was not returned");
+}
