@@ -95,8 +95,8 @@ impl Attr {
 pub const DEFAULT_CHECK_AT_OPEN_MAX: u64 = 1 << 30;
 /// Block reads in flight while checking one object's blocks at open (a quarter of it for the
 /// background pass), under the cache's bound over all objects. 64: the first epoch after a
-/// remount of 4 × 256 MiB shards read 1,352-1,494 MB/s with 16 and 1,491-1,704 with 64 (two
-/// interleaved runs each, `benches/epochs.py --datasets large`); the disk wants the depth.
+/// remount of 4 × 256 MiB shards ran at 0.77-0.88x of the disk with 16 and 0.92-1.13x with 64
+/// (four alternated runs each, `benches/epochs.py --datasets large`); the disk wants the depth.
 const CHECK_IN_FLIGHT: usize = 64;
 
 /// Read-ahead tuning for sequential readers.
