@@ -260,7 +260,7 @@ impl HoardFs {
                 self.cache.check_all(obj, CHECK_IN_FLIGHT).await;
             } else if self.checkable(obj) && obj.begin_check_pass() {
                 let (cache, obj) = (self.cache.clone(), obj.clone());
-                tokio::spawn(async move { cache.check_all(&obj, CHECK_IN_FLIGHT / 4).await });
+                tokio::spawn(async move { cache.check_pass(&obj, CHECK_IN_FLIGHT / 4).await });
             }
         }
         Ok(self.register(ino, info, obj))

@@ -135,6 +135,13 @@ impl BlockCache {
         }
     }
 
+    /// A background pass over an object too large to check at open: [`Self::check_all`], counted
+    /// when it ends (`hoardfs_check_passes_total`), whatever it found.
+    pub async fn check_pass(self: &Arc<Self>, obj: &Arc<CachedObject>, in_flight: usize) {
+        self.check_all(obj, in_flight).await;
+        Metrics::add(&self.metrics.check_passes, 1);
+    }
+
     /// Reads and hashes every present block of `obj` not yet checked in this mount, `in_flight`
     /// at a time (reads overlap on the disk, hashing spreads over the worker threads), so the
     /// object can be handed to the kernel whole. A block that fails is cleared (and refetched by
