@@ -4,6 +4,9 @@
     python3 benches/ab.py --objects 100000 --work /var/tmp/hoardfs-scale-100k \\
         --rounds 3 /tmp/hoardfs-before /tmp/hoardfs-after
 
+A variant is a binary, optionally followed by mount flags in the same argument, to compare flags
+of one binary the same way: `'target/release/hoardfs --fuse-threads 4'`.
+
 Run `benches/scale.sh --objects N --work DIR` once first: it writes the dataset and leaves a full
 cache dir behind. Then each round runs, for each binary in turn: a raw-disk epoch over the same
 files, a remount with the page cache dropped, the first epoch after it and a warm epoch (page
@@ -24,7 +27,7 @@ from epochs import S3sFs, drop_page_cache, epoch  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("binaries", nargs="+", help="hoardfs binaries to compare")
+    ap.add_argument("binaries", nargs="+", help="hoardfs binaries to compare, each optionally with mount flags")
     ap.add_argument("--objects", type=int, required=True, help="as given to scale.py")
     ap.add_argument("--dirs", type=int, default=500, help="as given to scale.py")
     ap.add_argument("--work", required=True, help="scale.py's --work dir, with its filled cache")
@@ -43,10 +46,10 @@ def main():
     try:
         for r in range(args.rounds):
             for b in args.binaries:
-                scale.HOARDFS = b
+                scale.HOARDFS, *flags = b.split()
                 drop_page_cache()
                 raw = epoch(raw_paths, 7 + r)["files_per_s"]
-                fs = scale.Hoardfs(server, bucket, mnt, cache, [])
+                fs = scale.Hoardfs(server, bucket, mnt, cache, flags)
                 drop_page_cache()
                 remount = fs.mount()
                 try:

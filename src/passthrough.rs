@@ -21,7 +21,8 @@ use crate::metrics::Metrics;
 struct Backing {
     /// The cache data file it maps (a new object version is a new file).
     path: PathBuf,
-    id: BackingId,
+    /// `None` while the open that registers it waits for the kernel (outside the lock).
+    id: Option<Arc<BackingId>>,
     handles: usize,
     /// The cache deleted the file: release the backing with its last handle, so the kernel lets
     /// go of the file and its blocks are freed.
@@ -68,48 +69,70 @@ impl Passthrough {
 
     /// Replies to an open: passthrough when the file system offers the cache file and the kernel
     /// takes it, otherwise a daemon-served open.
+    ///
+    /// No system call is made under the registry's lock: two FUSE threads answer opens and
+    /// releases of different files at once, and a reply's write (or a registration's ioctl) held
+    /// the lock long enough for the other thread to sleep on it at every open.
     pub fn reply(&self, ino: u64, fh: u64, offer: Option<Offer>, reply: ReplyOpen) {
         if !self.enabled.load(Ordering::Relaxed) {
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         }
         let daemon = FopenFlags::FOPEN_DIRECT_IO;
         let Some(offer) = offer else { return reply.opened(FileHandle(fh), daemon) };
-        let mut backings = self.backings.lock().unwrap();
-        match backings.get_mut(&ino) {
-            Some(b) if b.path == offer.path => {
-                b.handles += 1;
-                self.record(fh, ino);
-                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b.id);
+        let registered = {
+            let mut backings = self.backings.lock().unwrap();
+            if backings.peek(&ino).is_some_and(|b| b.path != offer.path && b.handles == 0) {
+                backings.pop(&ino); // a retained backing of an older version, idle: replaced below
             }
-            // A retained backing of an older version with no open handle: replace it below.
-            Some(b) if b.handles == 0 => {
-                backings.pop(&ino);
-                drop(backings);
-                self.reply(ino, fh, Some(offer), reply)
+            match backings.get_mut(&ino) {
+                Some(b) if b.path == offer.path => match &b.id {
+                    Some(id) => {
+                        b.handles += 1;
+                        self.record(fh, ino);
+                        Some(Arc::clone(id))
+                    }
+                    // Another open is registering this very file: serve this one from the daemon.
+                    None => return reply.opened(FileHandle(fh), daemon),
+                },
+                // Another version of the object is still open through passthrough: serve this one
+                // from the daemon until those handles close.
+                Some(_) => return reply.opened(FileHandle(fh), daemon),
+                None => {
+                    // Claimed with this open's handle, so neither retired nor registered twice
+                    // while the kernel is asked below.
+                    backings.push(ino, Backing { path: offer.path.clone(), id: None, handles: 1, deleted: false });
+                    None
+                }
             }
-            // Another version of the object is still open through passthrough: serve this one
-            // from the daemon until those handles close.
-            Some(_) => reply.opened(FileHandle(fh), daemon),
-            // The entry's own descriptor: the kernel opens its backing file from it with this
-            // open's flags, so registering it walks no path and opens nothing.
-            None => match reply.open_backing(offer.file.as_ref()) {
-                Ok(id) => {
-                    let retired = match backings.len() >= self.retained {
+        };
+        if let Some(id) = registered {
+            return reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
+        }
+        // The entry's own descriptor: the kernel opens its backing file from it with this open's
+        // flags, so registering it walks no path and opens nothing.
+        match reply.open_backing(offer.file.as_ref()) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                let retired = {
+                    let mut backings = self.backings.lock().unwrap();
+                    if let Some(b) = backings.peek_mut(&ino) {
+                        b.id = Some(Arc::clone(&id));
+                    }
+                    self.record(fh, ino);
+                    match backings.len() > self.retained {
                         true => backings.iter().rev().find(|(_, b)| b.handles == 0).map(|(i, _)| *i).and_then(|i| backings.pop(&i)),
                         false => None,
-                    };
-                    self.record(fh, ino);
-                    reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
-                    backings.push(ino, Backing { path: offer.path, id, handles: 1, deleted: false });
-                    drop(backings);
-                    drop(retired); // its id is closed in the kernel outside the lock
-                }
-                Err(e) => {
-                    tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");
-                    self.enabled.store(false, Ordering::Relaxed);
-                    reply.opened(FileHandle(fh), daemon)
-                }
-            },
+                    }
+                };
+                drop(retired); // its id is closed in the kernel outside the lock
+                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
+            }
+            Err(e) => {
+                tracing::warn!("the kernel refused FUSE passthrough ({e}); reads stay in the daemon");
+                self.enabled.store(false, Ordering::Relaxed);
+                self.backings.lock().unwrap().pop(&ino);
+                reply.opened(FileHandle(fh), daemon)
+            }
         }
     }
 
