@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use crate::cache::{BlockCache, CacheConfig, CacheDir};
 use crate::fetch::Fetcher;
-use crate::fs::{HoardFs, PrefetchConfig};
+use crate::fs::HoardFs;
 use crate::io::{probe, EngineChoice, IoEngine};
 use crate::meta::{Meta, ROOT_INO};
 use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::memory::MemoryClient;
 use crate::object::ObjectClient;
+use crate::prefetch::PrefetchConfig;
 use crate::verify::{Verifier, VerifyPolicy};
 
 /// The assembled layers and their counters.
@@ -30,6 +31,23 @@ pub struct Rig {
 /// A rig with the default verification policy.
 pub fn rig(dir: &Path, mem: Arc<MemoryClient>, engine: EngineChoice, config: CacheConfig) -> Rig {
     rig_with(dir, mem, engine, config, VerifyPolicy::default())
+}
+
+impl Rig {
+    /// Closes the rig as an unmount would: waits for every load in flight to land, then for the
+    /// last reference to the cache (a fetch task that answered its readers and is finishing) to
+    /// go, which releases the cache dir's lock for the next rig. On a multi-threaded runtime
+    /// those tasks may outlive the read that started them.
+    pub async fn close(self) {
+        self.fetcher.drain().await;
+        let cache = Arc::downgrade(&self.cache);
+        drop(self);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cache.strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "a task kept the cache open 30 s after its loads ended");
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// A rig with a chosen verification policy.

@@ -262,12 +262,11 @@ async fn checks_of_many_objects_at_once_share_one_bound_on_reads() {
     for i in 0..objects {
         mem.put(&format!("o{i}"), pattern(4096 * blocks, i as u8));
     }
-    {
-        let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
-        for i in 0..objects {
-            read_all(&r.fs, &format!("o{i}")).await.unwrap();
-        }
+    let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
+    for i in 0..objects {
+        read_all(&r.fs, &format!("o{i}")).await.unwrap();
     }
+    r.close().await;
     let r = Arc::new(rig(dir.path(), mem, EngineChoice::Psync, small_blocks()));
     let opens: Vec<_> = (0..objects)
         .map(|i| {
