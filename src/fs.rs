@@ -17,6 +17,7 @@ use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
 use crate::meta::{DirListing, Meta, MetaError, Node, NodeKind};
 use crate::object::ObjectInfo;
+use crate::prefetch::{PrefetchConfig, Prefetcher};
 use crate::uncached::UncachedReads;
 use crate::verify::{Verifier, VerifyError};
 
@@ -99,19 +100,6 @@ pub const DEFAULT_CHECK_AT_OPEN_MAX: u64 = 1 << 30;
 /// (four alternated runs each, `benches/epochs.py --datasets large`); the disk wants the depth.
 const CHECK_IN_FLIGHT: usize = 64;
 
-/// Read-ahead tuning for sequential readers.
-#[derive(Clone, Copy, Debug)]
-pub struct PrefetchConfig {
-    /// Most blocks fetched ahead of a sequential reader. Default: 8 (8 MiB with 1 MiB blocks).
-    pub max_blocks: u64,
-}
-
-impl Default for PrefetchConfig {
-    fn default() -> Self {
-        Self { max_blocks: 8 }
-    }
-}
-
 /// Where an open file's bytes come from.
 enum Source {
     /// The cache entry of the object version.
@@ -136,8 +124,8 @@ pub struct OpenFile {
     ino: u64,
     info: ObjectInfo,
     source: Source,
-    /// (offset where the next sequential read would start, blocks to prefetch)
-    seq: Mutex<(u64, u64)>,
+    /// Read-ahead for this handle's reads.
+    prefetcher: Prefetcher,
 }
 
 /// The mounted file system.
@@ -325,7 +313,7 @@ impl HoardFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(ino, fh, key = %info.key, cached = matches!(source, Source::Cached(_)), passthrough = backing.is_some(), "open");
-        let handle = Arc::new(OpenFile { ino, info, source, seq: Mutex::new((0, 0)) });
+        let handle = Arc::new(OpenFile { ino, info, source, prefetcher: Prefetcher::default() });
         self.handles.lock().unwrap().insert(fh, handle);
         (fh, backing)
     }
@@ -420,24 +408,10 @@ impl HoardFs {
         })
     }
 
-    /// Sequential detection: a read that starts where the last one ended doubles the window
-    /// (up to the configured maximum) and fetches that many blocks ahead; any other read resets.
-    /// The window's end is rounded up to a whole GET (aligned to the fetcher's GET size), so a
-    /// sequential reader's misses arrive in a few large GETs rather than one per block.
+    /// Starts the read-ahead the handle's [`Prefetcher`] asks for after this read.
     fn prefetch_after(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>, last: u64) {
-        let window = {
-            let mut seq = handle.seq.lock().unwrap();
-            let window = if range.start == seq.0 && range.start != 0 {
-                (seq.1 * 2).max(1).min(self.prefetch.max_blocks) // max 0 disables prefetch
-            } else {
-                0
-            };
-            *seq = (range.end, window);
-            window
-        };
-        if window > 0 {
-            let per_get = self.fetcher.blocks_per_get(obj);
-            self.fetcher.prefetch(obj, last + 1..(last + 1 + window).next_multiple_of(per_get));
+        if let Some(ahead) = handle.prefetcher.after_read(range, last, self.prefetch, self.fetcher.blocks_per_get(obj)) {
+            self.fetcher.prefetch(obj, ahead);
         }
     }
 

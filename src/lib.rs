@@ -5,7 +5,8 @@
 //! [`meta`] (inodes, listings) and [`cache`] (blocks on disk, via [`io`]) ← [`fetch`] (misses,
 //! via [`object`]). [`passthrough`] keeps the kernel's backing files for [`fuse`]; [`uncached`]
 //! serves, verified in memory, what the cache cannot hold; [`verify`] checks units against S3.
-//! [`hints`] feeds the fetcher a training job's read order. [`limits`] sizes the pools of open
+//! [`hints`] feeds the fetcher a training job's read order, [`prefetch`] a sequential reader's
+//! next blocks. [`limits`] sizes the pools of open
 //! files, [`private`] keeps the cache dir the user's own. [`metrics`] counts what crosses each
 //! seam.
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod mount;
 pub mod object;
 pub mod passthrough;
+pub mod prefetch;
 pub mod private;
 pub mod shared;
 #[cfg(test)]

@@ -11,7 +11,7 @@ use fuser::{BackgroundSession, MountOption, SessionACL};
 use crate::cache::store::{MountRecord, LAST_MOUNT_RECORD, MOUNT_RECORD};
 use crate::cache::{BlockCache, CacheConfig, CacheDir, CacheDirError};
 use crate::fetch::{FetchLimits, Fetcher};
-use crate::fs::{HoardFs, PrefetchConfig};
+use crate::fs::HoardFs;
 use crate::fuse::FuseAdapter;
 use crate::hints::HintQueue;
 use crate::io::EngineChoice;
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::object::counting::CountingClient;
 use crate::object::s3::{S3Client, S3Config};
 use crate::object::{ObjectClient, ObjectError};
+use crate::prefetch::PrefetchConfig;
 use crate::verify::{Verifier, VerifyPolicy};
 
 /// Kernel attribute/entry cache time used with `--metadata-ttl indefinite`.

@@ -11,9 +11,9 @@ use clap::Args;
 use super::{parse_s3_uri, OnOff, S3Args, SharedArgs, VerifyReads};
 use crate::cache::CacheConfig;
 use crate::fetch::FetchLimits;
-use crate::fs::PrefetchConfig;
 use crate::io::EngineChoice;
 use crate::mount::{mount, MountConfig};
+use crate::prefetch::PrefetchConfig;
 use crate::units::{parse_size, parse_ttl, Ttl};
 use crate::verify::{VerifyMode, VerifyPolicy};
 
