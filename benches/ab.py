@@ -22,7 +22,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cachegen  # noqa: E402  (the dataset's keys)
 import scale  # noqa: E402  (server, mount, environment)
+import epochs  # noqa: E402
 from epochs import S3sFs, drop_page_cache, epoch  # noqa: E402
+
+
+def read_buffered(path):
+    """A reader as torchvision's default loader opens an image: `open(path, "rb")`."""
+    with open(path, "rb") as f:
+        return len(f.read())
 
 
 def main():
@@ -32,7 +39,13 @@ def main():
     ap.add_argument("--dirs", type=int, default=500, help="as given to scale.py")
     ap.add_argument("--work", required=True, help="scale.py's --work dir, with its filled cache")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--open", choices=("unbuffered", "buffered"), default="unbuffered",
+                    help="how readers open files: open(p, 'rb', buffering=0), or Python's default "
+                    "buffered open as PIL and torchvision's loader do, which also sends the file system an "
+                    "ioctl (isatty) per file")
     args = ap.parse_args()
+    if args.open == "buffered":
+        epochs.read_file = read_buffered
     scale.bench_env(args.work)
     root, bucket = os.path.join(args.work, "s3root"), "scale"
     mnt, cache = os.path.join(args.work, "mnt-hoardfs"), os.path.join(args.work, "cache-hoardfs")
