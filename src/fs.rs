@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use crate::cache::{BlockCache, CachedObject};
 use crate::fetch::{FetchError, Fetcher};
 use crate::meta::{DirListing, Meta, MetaError, Node, NodeKind};
+use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 use crate::prefetch::{PrefetchConfig, Prefetcher};
 use crate::uncached::UncachedReads;
@@ -99,6 +100,12 @@ pub const DEFAULT_CHECK_AT_OPEN_MAX: u64 = 1 << 30;
 /// remount of 4 × 256 MiB shards ran at 0.77-0.88x of the disk with 16 and 0.92-1.13x with 64
 /// (four alternated runs each, `benches/epochs.py --datasets large`); the disk wants the depth.
 const CHECK_IN_FLIGHT: usize = 64;
+
+/// Bytes of a hinted, cached object the kernel is asked to read ahead of its reader: all of a
+/// small file, the start of a large one (whose later blocks the kernel's own read-ahead takes,
+/// through passthrough). With [`crate::hints::LOOKAHEAD_FILES`] this bounds the page cache a
+/// hinted epoch fills ahead of its reader to 256 MiB.
+pub const HINT_READAHEAD: u64 = 1 << 20;
 
 /// Where an open file's bytes come from.
 enum Source {
@@ -415,15 +422,28 @@ impl HoardFs {
         }
     }
 
-    /// Fetches the file at `path` (relative to the root) whole into the cache, verified: what a
-    /// prefetch hint asks for.
-    pub async fn warm_path(&self, path: &str) -> Result<(), FsError> {
+    /// The object version a prefetch hint names (`path`, relative to the root), and whether the
+    /// cache already holds any of it.
+    pub async fn hinted(&self, path: &str) -> Result<(ObjectInfo, bool), FsError> {
         let mut ino = crate::meta::ROOT_INO;
         for name in path.split('/').filter(|c| !c.is_empty()) {
             ino = self.meta.lookup(ino, name).await?.ino;
         }
         let info = self.meta.open_file(ino).await?;
-        crate::warm::warm_one(&self.fetcher, &self.verifier, info).await.map(|_| ()).map_err(|e| FsError::new(libc::EIO, e))
+        let held = self.cache.holds(&self.bucket, &info);
+        Ok((info, held))
+    }
+
+    /// Fetches a hinted object whole into the cache, verified, and has the kernel read the first
+    /// [`HINT_READAHEAD`] bytes of its data file into the page cache: its reader's open (and,
+    /// after a remount, the check of its blocks at open) then waits for no disk read.
+    pub async fn warm_hinted(&self, info: ObjectInfo) -> Result<(), FsError> {
+        crate::warm::warm_one(&self.fetcher, &self.verifier, info.clone()).await.map_err(|e| FsError::new(libc::EIO, e))?;
+        if let Some(obj) = self.cache.open_in_memory(&self.bucket, &info).filter(|o| o.is_complete()) {
+            obj.will_need(HINT_READAHEAD);
+            Metrics::add(&self.verifier.metrics().hint_files_readahead, 1);
+        }
+        Ok(())
     }
 
     /// Lets in-flight fetches finish writing (bounded by `timeout`) and flushes cache state;

@@ -232,6 +232,9 @@ impl fuser::Filesystem for FuseAdapter {
             let fh = hints.open(flags.0 & libc::O_TRUNC != 0);
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
         }
+        if let Some(hints) = &self.hints {
+            hints.opened();
+        }
         match self.fs.try_open(ino.0, write) {
             Some(Ok((fh, backing))) => {
                 Metrics::add(&self.metrics.fuse_opens_inline, 1);

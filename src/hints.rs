@@ -7,6 +7,11 @@
 //! itself is stripped). Opening the file with truncation (`open(path, "w")`) drops hints not yet
 //! started, so each epoch's order replaces the last; appending (`"a"`) queues behind them. Writes
 //! return at once; unknown paths are counted and logged, never an error to the writer.
+//!
+//! A hinted file the cache already holds needs no GET, only its bytes in the page cache before
+//! the reader opens it. Workers take such a file up once the reader (counted by its opens since
+//! the list began) is within [`LOOKAHEAD_FILES`] of it, so an epoch larger than memory does not
+//! read ahead what would be evicted before use; files the cache lacks are fetched at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +36,37 @@ pub const MAX_QUEUED: usize = 1_000_000;
 /// Files fetched ahead at once, by default.
 pub const DEFAULT_PARALLEL_FILES: usize = 8;
 
+/// How many files ahead of the reader a cached file's bytes are read into the page cache.
+/// Measured (3,000 x 128 KiB, `benches/epochs.py --systems hints`): enough to keep the reader
+/// from waiting on the disk; with [`crate::fs::HINT_READAHEAD`] it bounds that read-ahead to
+/// 256 MiB.
+pub const LOOKAHEAD_FILES: u64 = 256;
+
+/// One hinted path and where it stands in its list.
+struct Hint {
+    path: String,
+    /// Its position in the list (0 for the first path written after the list was last replaced).
+    seq: u64,
+    /// The list it belongs to: replacing the list (a truncating open) starts a new one.
+    list: u64,
+}
+
+/// The paths waiting, and how many were taken since the list began.
+#[derive(Default)]
+struct Pending {
+    paths: VecDeque<String>,
+    taken: u64,
+    list: u64,
+}
+
 /// The queue of hinted paths and the writers filling it.
 pub struct HintQueue {
-    queue: Mutex<VecDeque<String>>,
+    queue: Mutex<Pending>,
     wake: Notify,
+    /// Files the job opened since the list began: where its reader is in the list.
+    opened: AtomicU64,
+    /// Woken by every open, for workers waiting for the reader to come near.
+    reader: Notify,
     /// Partial last line of each open writer, completed by its next write or its close.
     writers: Mutex<HashMap<u64, Vec<u8>>>,
     next_fh: AtomicU64,
@@ -64,6 +96,8 @@ impl HintQueue {
         Arc::new(Self {
             queue: Mutex::default(),
             wake: Notify::new(),
+            opened: AtomicU64::new(0),
+            reader: Notify::new(),
             writers: Mutex::default(),
             next_fh: AtomicU64::new(1),
             mountpoint,
@@ -83,7 +117,34 @@ impl HintQueue {
 
     /// Drops every hint not yet started (a truncating open or `truncate` of the control file).
     pub fn clear(&self) {
-        self.queue.lock().unwrap().clear();
+        let mut q = self.queue.lock().unwrap();
+        *q = Pending { list: q.list + 1, ..Pending::default() };
+        self.opened.store(0, Ordering::Relaxed);
+        drop(q);
+        self.reader.notify_waiters(); // workers waiting on the old list let go of its paths
+    }
+
+    /// A file of the mount was opened (by the job's reader, as far as the queue can tell).
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.reader.notify_waiters();
+    }
+
+    /// Waits until the reader is within [`LOOKAHEAD_FILES`] of `hint`; `false` if its list was
+    /// replaced meanwhile (the hint is then dropped).
+    async fn reader_near(&self, hint: &Hint) -> bool {
+        loop {
+            let notified = self.reader.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable(); // registered before the check: no open is missed
+            if self.queue.lock().unwrap().list != hint.list {
+                return false;
+            }
+            if hint.seq < self.opened.load(Ordering::Relaxed) + LOOKAHEAD_FILES {
+                return true;
+            }
+            notified.await;
+        }
     }
 
     /// Takes `data` from writer `fh`: complete lines are queued, a partial one kept.
@@ -110,11 +171,11 @@ impl HintQueue {
         let text = String::from_utf8_lossy(lines);
         let paths: Vec<String> = text.lines().filter_map(|l| self.relative(l)).collect();
         let mut queue = self.queue.lock().unwrap();
-        if queue.len() + paths.len() > MAX_QUEUED {
+        if queue.paths.len() + paths.len() > MAX_QUEUED {
             return Err(HintError::Full);
         }
         Metrics::add(&self.metrics.hint_files_queued, paths.len() as u64);
-        queue.extend(paths);
+        queue.paths.extend(paths);
         drop(queue);
         self.wake.notify_waiters();
         Ok(())
@@ -127,29 +188,42 @@ impl HintQueue {
         (!path.is_empty()).then(|| path.to_string())
     }
 
-    async fn next(&self) -> String {
+    async fn next(&self) -> Hint {
         loop {
             let notified = self.wake.notified();
-            if let Some(path) = self.queue.lock().unwrap().pop_front() {
-                return path;
+            {
+                let mut q = self.queue.lock().unwrap();
+                if let Some(path) = q.paths.pop_front() {
+                    q.taken += 1;
+                    return Hint { path, seq: q.taken - 1, list: q.list };
+                }
             }
             notified.await;
         }
     }
 
     /// Starts `parallel` workers that fetch hinted files into the cache through `fs`, each one
-    /// whole and verified, for as long as the runtime lives.
+    /// whole and verified, and read cached ones into the page cache ahead of the reader, for as
+    /// long as the runtime lives.
     pub fn spawn_workers(self: &Arc<Self>, fs: Arc<HoardFs>, parallel: usize) {
         for _ in 0..parallel.max(1) {
             let (queue, fs) = (Arc::clone(self), Arc::clone(&fs));
             tokio::spawn(async move {
                 loop {
-                    let path = queue.next().await;
-                    match fs.warm_path(&path).await {
-                        Ok(()) => Metrics::add(&queue.metrics.hint_files_done, 1),
+                    let hint = queue.next().await;
+                    let done = async {
+                        let (info, held) = fs.hinted(&hint.path).await?;
+                        if held && !queue.reader_near(&hint).await {
+                            return Ok(false);
+                        }
+                        fs.warm_hinted(info).await.map(|()| true)
+                    };
+                    match done.await {
+                        Ok(true) => Metrics::add(&queue.metrics.hint_files_done, 1),
+                        Ok(false) => {}
                         Err(e) => {
                             Metrics::add(&queue.metrics.hint_files_failed, 1);
-                            tracing::debug!("prefetch hint {path}: {e}");
+                            tracing::debug!("prefetch hint {}: {e}", hint.path);
                         }
                     }
                 }
@@ -167,7 +241,7 @@ mod tests {
     }
 
     fn drain(q: &HintQueue) -> Vec<String> {
-        q.queue.lock().unwrap().drain(..).collect()
+        q.queue.lock().unwrap().paths.drain(..).collect()
     }
 
     #[test]
@@ -180,6 +254,57 @@ mod tests {
         q.release(fh);
         assert_eq!(drain(&q), ["e"]);
         assert!(matches!(q.write(fh, b"x\n"), Err(HintError::BadHandle)));
+    }
+
+    /// `n` hints written and taken by a worker, in order.
+    async fn taken(q: &HintQueue, n: u64) -> Vec<Hint> {
+        let fh = q.open(true);
+        q.write(fh, (0..n).map(|i| format!("f{i}\n")).collect::<String>().as_bytes()).unwrap();
+        let mut hints = Vec::new();
+        for _ in 0..n {
+            hints.push(q.next().await);
+        }
+        hints
+    }
+
+    /// Whether `task` is still waiting once every other task has run as far as it can.
+    async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        !task.is_finished()
+    }
+
+    #[tokio::test]
+    async fn a_cached_file_is_taken_up_when_the_reader_comes_within_the_window() {
+        let q = queue();
+        let mut hints = taken(&q, LOOKAHEAD_FILES + 2).await;
+        let far = hints.pop().unwrap(); // position LOOKAHEAD_FILES + 1
+        assert!(q.reader_near(&hints[LOOKAHEAD_FILES as usize - 1]).await, "the first LOOKAHEAD_FILES go at once");
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.reader_near(&far).await }
+        });
+        assert!(still_waiting(&waiting).await, "{} files ahead of a reader that opened none", LOOKAHEAD_FILES + 1);
+        q.opened();
+        assert!(still_waiting(&waiting).await, "still one file too far");
+        q.opened();
+        assert!(waiting.await.unwrap(), "the reader's second open brings it within the window");
+    }
+
+    #[tokio::test]
+    async fn replacing_the_list_lets_go_of_hints_waiting_for_the_reader() {
+        let q = queue();
+        let far = taken(&q, LOOKAHEAD_FILES + 1).await.pop().unwrap();
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.reader_near(&far).await }
+        });
+        assert!(still_waiting(&waiting).await);
+        q.open(true); // the next epoch's order replaces this one
+        assert!(!waiting.await.unwrap(), "a hint of a replaced list is dropped, not taken up");
+        let again = taken(&q, 1).await;
+        assert_eq!((again[0].seq, q.opened.load(Ordering::Relaxed)), (0, 0), "the new list counts from its start");
     }
 
     #[test]

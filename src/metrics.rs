@@ -44,6 +44,7 @@ metrics! {
     prefetch_blocks => "hoardfs_prefetch_blocks_total", "Blocks fetched ahead of a sequential reader.";
     hint_files_queued => "hoardfs_hint_files_queued_total", "Paths written to the prefetch control file.";
     hint_files_done => "hoardfs_hint_files_done_total", "Hinted files now complete in the cache (fetched or already there).";
+    hint_files_readahead => "hoardfs_hint_files_readahead_total", "Hinted files already cached whose first MiB the kernel was asked to read into memory ahead of the reader.";
     hint_files_failed => "hoardfs_hint_files_failed_total", "Hinted files that could not be fetched (unknown path, S3 error).";
     passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
     shared_hits => "hoardfs_shared_hit_blocks_total", "Blocks taken from the shared tier (then verified like the origin's).";

@@ -107,3 +107,78 @@ fn with_hints_off_the_mount_is_read_only_in_the_kernel() {
     assert!(line.split(' ').nth(3).unwrap().split(',').any(|o| o == "ro"), "{line}");
     mount.unmount();
 }
+
+/// Pages of `path` in the page cache, and pages in all.
+fn resident_pages(path: &std::path::Path) -> (usize, usize) {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return (0, 0);
+    }
+    // SAFETY: a read-only map of a cache file nothing writes while the test looks at it; only
+    // its residency is read, never its bytes.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping, as mincore(2) requires.
+    assert_eq!(unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, vec.as_mut_ptr()) }, 0);
+    (vec.iter().filter(|&&v| v & 1 == 1).count(), pages)
+}
+
+/// Every data file of the cache at `cache`.
+fn data_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let shards = std::fs::read_dir(cache.join("objects")).unwrap().map(|e| e.unwrap().path());
+    shards
+        .flat_map(|s| std::fs::read_dir(s).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect()
+}
+
+#[test]
+fn cached_hinted_files_are_read_into_memory_before_the_reader_opens_them() {
+    let (server, tmp, mount, objects) = mounted_dataset("hints-cached");
+    for (key, want) in &objects {
+        assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    }
+    mount.unmount();
+    let cache = tmp.path().join("cache");
+    let files = data_files(&cache);
+    assert_eq!(files.len(), objects.len());
+    for f in &files {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(f).unwrap();
+        // Dirty pages cannot be dropped: write them back first.
+        file.sync_all().unwrap();
+        // SAFETY: advice on a descriptor held open for the call.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(resident_pages(f).0, 0, "{} is still in the page cache after DONTNEED: this test cannot tell", f.display());
+    }
+
+    // After a remount, hint 30 of the 40 small files: they are cached, so no GET, and their
+    // bytes are read into memory before anything opens them.
+    let mount = TestMount::new(&server, "hints-cached", &cache, tmp.path());
+    let hinted: Vec<&(String, Vec<u8>)> = objects.iter().take(30).collect();
+    let list: Vec<&str> = hinted.iter().map(|(k, _)| k.as_str()).collect();
+    std::fs::write(mount.path(CONTROL_NAME), list.join("\n")).unwrap();
+    assert_eq!(wait_for_hints(&mount, 30), (30, 0));
+    assert_eq!(mount.metric(|m| &m.hint_files_readahead), 30);
+    assert_eq!(mount.gets(), 0);
+    // The kernel's reads were only queued by the advice: wait for them to land.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let whole = loop {
+        let whole = files.iter().filter(|f| matches!(resident_pages(f), (r, n) if r == n)).count();
+        if whole >= 30 || Instant::now() > deadline {
+            break whole;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(whole, 30, "the 30 hinted files, and only they, are in memory");
+    assert_eq!(files.iter().filter(|f| resident_pages(f).0 == 0).count(), objects.len() - 30, "files not hinted were not read");
+
+    for (key, want) in &hinted {
+        assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    }
+    assert_eq!(mount.metric(|m| &m.passthrough_opens), 30, "checked at open from memory, then read by the kernel");
+    assert_eq!(mount.gets(), 0);
+    mount.unmount();
+}

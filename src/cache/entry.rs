@@ -78,6 +78,17 @@ impl CachedObject {
         &self.data
     }
 
+    /// Asks the kernel to start reading the data file's first `len` bytes into the page cache
+    /// (`POSIX_FADV_WILLNEED`): it returns once the reads are queued, and a later read, by the
+    /// daemon's check or by the kernel through passthrough, finds the bytes in memory. Advice
+    /// only: a refusal changes nothing but speed, so it is not reported.
+    pub fn will_need(&self, len: u64) {
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+        // SAFETY: advice on a descriptor this entry holds open for as long as the call runs.
+        unsafe { libc::posix_fadvise(self.data.as_raw_fd(), 0, len, libc::POSIX_FADV_WILLNEED) };
+    }
+
     /// Whether every unit matched S3's checksum.
     pub fn is_verified(&self) -> bool {
         self.verified.load(Ordering::Acquire)

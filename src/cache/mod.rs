@@ -14,6 +14,7 @@ mod entries;
 mod entry;
 pub mod format;
 pub mod index;
+mod offline;
 mod recovery;
 mod space;
 pub mod store;
@@ -219,48 +220,10 @@ impl BlockCache {
         self.state.lock().unwrap().entries.len()
     }
 
-    /// Whether the cache holds any object version of `bucket` whose key starts with `prefix`:
-    /// what an offline mount needs to come up without S3.
-    pub fn holds_prefix(&self, bucket: &str, prefix: &str) -> bool {
-        let start = version_key(bucket, prefix);
-        let keys = self.offline_keys();
-        keys.get(keys.partition_point(|k| **k < *start)).is_some_and(|k| k.starts_with(&start))
-    }
-
-    /// Every cached `bucket\0key`, sorted: read from the catalog at the first offline lookup of a
-    /// directory (S3 unreachable) and again after entries came or went, so a mount that never
-    /// goes offline holds no key strings.
-    fn offline_keys(&self) -> Arc<Vec<Box<str>>> {
-        let generation = {
-            let state = self.state.lock().unwrap();
-            match &state.offline_keys {
-                Some((g, keys)) if *g == state.entries.generation() => return keys.clone(),
-                _ => state.entries.generation(),
-            }
-        };
-        let mut keys: Vec<Box<str>> = match recovery::read_keys(&self.dir) {
-            Ok(keys) => keys.into_iter().map(|(_, vkey)| vkey.into_boxed_str()).collect(),
-            Err(e) => {
-                tracing::warn!("reading the cache's keys for an offline lookup: {e}");
-                Vec::new()
-            }
-        };
-        keys.sort_unstable();
-        keys.dedup();
-        let keys = Arc::new(keys);
-        self.state.lock().unwrap().offline_keys = Some((generation, keys.clone()));
-        keys
-    }
-
-    /// What the cache knows of `key` without S3: the newest version it holds (from that entry's
-    /// index header), for lookups by path while S3 cannot be reached.
-    pub fn cached_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
-        let id = {
-            let state = self.state.lock().unwrap();
-            state.entries.newest_of_key(state.entries.key_hash(version_key(bucket, key).as_bytes()))?.id()
-        };
-        let snap = self.snapshot(&id).ok()?;
-        (snap.header.bucket == bucket && snap.header.key == key).then(|| snap.header.object_info())
+    /// Whether the cache has an entry (whole or partial) for this object version: a lookup in
+    /// memory, no disk access.
+    pub fn holds(&self, bucket: &str, info: &ObjectInfo) -> bool {
+        self.state.lock().unwrap().entries.get(&ObjectId::new(bucket, &info.key, &info.etag)).is_some()
     }
 
     /// The entry for an object version if it is already in memory; never touches the disk, so
