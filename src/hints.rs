@@ -14,7 +14,7 @@
 //! read ahead what would be evicted before use; files the cache lacks are fetched at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -65,8 +65,11 @@ pub struct HintQueue {
     wake: Notify,
     /// Files the job opened since the list began: where its reader is in the list.
     opened: AtomicU64,
-    /// Woken by every open, for workers waiting for the reader to come near.
+    /// Woken by opens while a worker waits for the reader to come near.
     reader: Notify,
+    /// Workers waiting in [`Self::reader_near`]: an open wakes them only if there are any, so
+    /// the FUSE threads' opens share no lock while nobody waits.
+    waiting: AtomicUsize,
     /// Partial last line of each open writer, completed by its next write or its close.
     writers: Mutex<HashMap<u64, Vec<u8>>>,
     next_fh: AtomicU64,
@@ -98,6 +101,7 @@ impl HintQueue {
             wake: Notify::new(),
             opened: AtomicU64::new(0),
             reader: Notify::new(),
+            waiting: AtomicUsize::new(0),
             writers: Mutex::default(),
             next_fh: AtomicU64::new(1),
             mountpoint,
@@ -126,13 +130,25 @@ impl HintQueue {
 
     /// A file of the mount was opened (by the job's reader, as far as the queue can tell).
     pub fn opened(&self) {
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        self.reader.notify_waiters();
+        // SeqCst here and in `reader_near`: either the waiter sees this open, or this open sees
+        // the waiter (which registered for the wake-up before looking).
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.reader.notify_waiters();
+        }
     }
 
     /// Waits until the reader is within [`LOOKAHEAD_FILES`] of `hint`; `false` if its list was
     /// replaced meanwhile (the hint is then dropped).
     async fn reader_near(&self, hint: &Hint) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let notified = self.reader.notified();
             tokio::pin!(notified);
@@ -140,7 +156,7 @@ impl HintQueue {
             if self.queue.lock().unwrap().list != hint.list {
                 return false;
             }
-            if hint.seq < self.opened.load(Ordering::Relaxed) + LOOKAHEAD_FILES {
+            if hint.seq < self.opened.load(Ordering::SeqCst) + LOOKAHEAD_FILES {
                 return true;
             }
             notified.await;
