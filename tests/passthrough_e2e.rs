@@ -139,7 +139,9 @@ fn every_passthrough_open_is_released() {
 #[test]
 fn a_warm_epoch_past_the_entries_kept_open_reads_nothing_back() {
     let server = S3Server::start();
-    let objects: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("d/f{i:03}"), bytes(i, 8192 + i as usize))).collect();
+    // Above READ_AT_OPEN_MAX: smaller objects are read at every open on purpose (next test).
+    let size = hoardfs::fs::READ_AT_OPEN_MAX as usize + 1;
+    let objects: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("d/f{i:03}"), bytes(i, size + i as usize))).collect();
     upload_many(&server, "warm-past-open", &objects);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
@@ -167,4 +169,47 @@ fn a_warm_epoch_past_the_entries_kept_open_reads_nothing_back() {
     let flushes = again.metric(|m| &m.fuse_flushes);
     assert!((1..=4).contains(&flushes), "{flushes} FLUSH requests for 80 closes by 4 readers");
     assert_eq!(again.gets(), 0);
+}
+
+/// Objects up to READ_AT_OPEN_MAX whose bytes are not in memory have their one block read and
+/// hashed at every open, so the kernel's read finds it in memory; a block damaged on disk after
+/// its check is caught at its next open in the same mount, and its reader still gets the right
+/// bytes. Bytes already in memory are not read again.
+#[test]
+fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("s/f{i:02}"), bytes(i, 8192 + i as usize))).collect();
+    upload_many(&server, "read-at-open", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mount = TestMount::new(&server, "read-at-open", &cache, tmp.path());
+    read_all_parallel(&mount.mountpoint, &objects, 4);
+    let files = data_files(&cache);
+    assert_eq!(files.len(), 20);
+    let hits = || mount.metric(|m| &m.cache_hit_blocks);
+
+    // In memory after the first epoch: the next opens read nothing back.
+    let (before, opens) = (hits(), mount.metric(|m| &m.passthrough_opens));
+    read_all_parallel(&mount.mountpoint, &objects, 4);
+    assert_eq!(mount.metric(|m| &m.passthrough_opens) - opens, 20, "every warm open is passthrough");
+    assert_eq!(hits(), before, "bytes in memory were read again");
+
+    // Evicted: each open reads and checks its block, and leaves it in memory for the kernel.
+    files.iter().for_each(|f| evict(f));
+    let before = hits();
+    read_all_parallel(&mount.mountpoint, &objects, 4);
+    assert_eq!(hits() - before, 20, "each open read and checked its block");
+
+    // Damage one cached file on disk, out of memory as bit rot would be.
+    let (key, want) = &objects[7];
+    let damaged = files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("the data file of the object");
+    let mut bad = want.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(damaged, &bad).unwrap();
+    evict(damaged);
+    let gets = mount.gets();
+    assert_same(key, &std::fs::read(mount.path(key)).unwrap(), want);
+    assert_eq!(mount.metric(|m| &m.blake3_mismatches), 1, "the damaged block was caught at its open");
+    assert_eq!(mount.gets(), gets + 1, "and fetched again");
+    mount.unmount();
 }

@@ -63,8 +63,17 @@ impl BlockCache {
     /// block not yet checked in this mount: for the open of a small object on the FUSE thread,
     /// where a hop to the I/O engine's thread and back would cost more than the read.
     pub fn check_all_now(&self, obj: &CachedObject) {
+        self.check_now(obj, false)
+    }
+
+    /// [`Self::check_all_now`] of every present block, checked in this mount or not.
+    pub fn recheck_all_now(&self, obj: &CachedObject) {
+        self.check_now(obj, true)
+    }
+
+    fn check_now(&self, obj: &CachedObject, again: bool) {
         use std::os::unix::fs::FileExt;
-        for b in (0..obj.block_count()).filter(|&b| !obj.block_checked(b) && obj.is_present(b)) {
+        for b in (0..obj.block_count()).filter(|&b| (again || !obj.block_checked(b)) && obj.is_present(b)) {
             let mut block = vec![0u8; obj.header.block_len(b)];
             let read = obj.data.read_exact_at(&mut block, b * obj.header.block_size as u64).map(|()| Bytes::from(block));
             self.judge(obj, b, read);

@@ -3,10 +3,13 @@
 //! when a test fails.
 #![allow(dead_code)]
 
+pub mod cachefiles;
 pub mod corrupting;
 pub mod localstack;
 pub mod proxy;
 
+#[allow(unused_imports)]
+pub use cachefiles::{data_files, evict, resident_pages};
 #[allow(unused_imports)]
 pub use corrupting::Corrupting;
 
