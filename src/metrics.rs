@@ -30,6 +30,7 @@ metrics! {
     s3_get_bytes => "hoardfs_s3_get_bytes_total", "Bytes received in GetObject bodies.";
     s3_head_requests => "hoardfs_s3_head_requests_total", "HeadObject requests sent.";
     s3_list_requests => "hoardfs_s3_list_requests_total", "ListObjectsV2 requests sent.";
+    s3_bucket_checks => "hoardfs_s3_bucket_checks_total", "Bucket checks sent at mount (HeadBucket, or a one-key LIST).";
     s3_errors => "hoardfs_s3_errors_total", "S3 requests that failed.";
     cache_hit_blocks => "hoardfs_cache_hit_blocks_total", "Block reads served from the local cache.";
     cache_miss_blocks => "hoardfs_cache_miss_blocks_total", "Block reads that had to be fetched from S3.";

@@ -83,3 +83,23 @@ fn corrupt_bytes_under_faults_are_never_served() {
     assert!(out.eio < 100, "{} of 1000 reads failed", out.eio);
     assert!(out.slowest < Duration::from_secs(60), "a read took {:?}", out.slowest);
 }
+
+/// The mount checks its bucket with HeadBucket (constant time on every server; a one-key LIST
+/// is not on servers that walk a directory tree to answer it). Credentials allowed to list only
+/// under a prefix are refused HeadBucket; then a one-key LIST of the mount's prefix decides, and
+/// the mount works.
+#[test]
+fn a_mount_whose_head_bucket_is_refused_checks_its_prefix_with_a_list() {
+    let server = S3Server::start();
+    server.bucket("scoped", &[("train/a", b"alpha".as_slice()), ("other/b", b"beta".as_slice())]);
+    let proxy = FaultProxy::start(server.addr, Faults { deny_head_bucket: true, ..Default::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = TestMount::with(&server, "scoped", &tmp.path().join("cache"), tmp.path(), |c| {
+        c.s3.endpoint_url = Some(proxy.endpoint());
+        c.prefix = "train/".into();
+    });
+    assert_eq!(proxy.faults.injected.load(Ordering::Relaxed), 1, "the mount asks HeadBucket first, once");
+    assert_eq!(mount.metric(|m| &m.s3_bucket_checks), 1);
+    assert_eq!(std::fs::read(mount.path("a")).unwrap(), b"alpha");
+    mount.unmount();
+}

@@ -73,6 +73,12 @@ impl ObjectClient for CountingClient {
         Box::pin(async move { self.tally(fut.await) })
     }
 
+    fn check_bucket(&self, prefix: &str) -> BoxFuture<'_, Result<(), ObjectError>> {
+        Metrics::add(&self.metrics.s3_bucket_checks, 1);
+        let fut = self.inner.check_bucket(prefix);
+        Box::pin(async move { self.tally(fut.await) })
+    }
+
     fn bucket(&self) -> &str {
         self.inner.bucket()
     }

@@ -89,6 +89,13 @@ pub trait ObjectClient: Send + Sync + 'static {
     /// where a separate HeadObject would double the requests per file.
     fn get_whole(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>>;
 
+    /// The mount's check that the bucket exists and that these credentials may read `prefix`.
+    /// By default a one-key LIST of `prefix`; an implementation may answer it more cheaply.
+    fn check_bucket(&self, prefix: &str) -> BoxFuture<'_, Result<(), ObjectError>> {
+        let fut = self.list(prefix, None, Some(1));
+        Box::pin(async move { fut.await.map(drop) })
+    }
+
     /// ListObjectsV2 with delimiter `/`.
     fn list(&self, prefix: &str, token: Option<String>, max_keys: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>>;
 

@@ -382,6 +382,30 @@ impl ObjectClient for S3Client {
         self.list_impl(prefix, token, max_keys)
     }
 
+    /// HeadBucket: constant time on every server, where a one-key LIST is not (a server that
+    /// walks a directory tree to answer it, as s3s-fs does, takes seconds at 10^6 objects). It
+    /// needs the same permission (s3:ListBucket) as the LIST, except where a policy grants that
+    /// only under a prefix (an `s3:prefix` condition), which HeadBucket cannot name; so when the
+    /// server answers anything but "no such bucket", the one-key LIST of `prefix` decides.
+    fn check_bucket(&self, prefix: &str) -> BoxFuture<'_, Result<(), ObjectError>> {
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            let err = match self.client.head_bucket().bucket(&self.bucket).send().await {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            let answered = matches!(err, SdkError::ServiceError(_));
+            match classify(&format!("HeadBucket s3://{}", self.bucket), err) {
+                e @ ObjectError::NotFound(_) => Err(e),
+                e if !answered => Err(e),
+                e => {
+                    tracing::debug!("{e}; asking with a one-key LIST of {prefix:?} instead");
+                    self.list_impl(&prefix, None, Some(1)).await.map(drop)
+                }
+            }
+        })
+    }
+
     fn bucket(&self) -> &str {
         &self.bucket
     }

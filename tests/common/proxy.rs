@@ -17,6 +17,9 @@ pub struct Faults {
     pub reset_mid_body: f64,
     pub slow: f64,
     pub corrupt: f64,
+    /// Answer HeadBucket with 403, as S3 does for credentials allowed to list only under a
+    /// prefix (an `s3:prefix` condition in the policy).
+    pub deny_head_bucket: bool,
     pub injected: AtomicU64,
     pub requests: AtomicU64,
 }
@@ -87,6 +90,12 @@ fn read_message(r: &mut BufReader<TcpStream>, bodyless: bool) -> std::io::Result
     Ok(Some((head, body)))
 }
 
+/// `HEAD /bucket` (path style, no key): a HeadBucket request.
+fn is_head_bucket(head: &str) -> bool {
+    let path = head.lines().next().unwrap_or("").split(' ').nth(1).unwrap_or("");
+    head.starts_with("HEAD ") && !path.trim_matches('/').contains('/') && !path.contains('?')
+}
+
 fn serve(client: TcpStream, upstream: SocketAddr, f: &Faults, rng: &Mutex<rand::rngs::StdRng>) -> std::io::Result<()> {
     let mut from_client = BufReader::new(client.try_clone()?);
     let mut to_client = client;
@@ -101,6 +110,11 @@ fn serve(client: TcpStream, upstream: SocketAddr, f: &Faults, rng: &Mutex<rand::
             f.injected.fetch_add(1, Ordering::Relaxed);
             let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
             write!(to_client, "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}", xml.len())?;
+            continue;
+        }
+        if f.deny_head_bucket && is_head_bucket(&head) {
+            f.injected.fetch_add(1, Ordering::Relaxed);
+            write!(to_client, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         }
         to_server.write_all(head.as_bytes())?;
