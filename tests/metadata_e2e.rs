@@ -77,7 +77,9 @@ fn remount_of_an_immutable_dataset_lists_and_reads_with_no_requests_then_offline
     for (key, want) in &objects {
         assert_same(key, &std::fs::read(second.path(key)).unwrap(), want);
     }
-    // The one LIST at mount is the reachability check; everything after is from the cache dir.
+    // The mount's one request is its bucket check, a HeadBucket: no LIST at all, and everything
+    // after it is from the cache dir.
+    assert_eq!((l0, second.metric(|x| &x.s3_bucket_checks)), (0, 1));
     assert_eq!(second.metric(|x| &x.s3_list_requests), l0);
     assert_eq!(second.metric(|x| &x.s3_head_requests), h0);
     assert_eq!(second.gets(), 0);
