@@ -243,7 +243,7 @@ class Rclone(PeerMount):
                                       "--vfs-cache-mode", "full", "--cache-dir", self.cache],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
-        wait_mounted(self.mnt)
+        wait_mounted(self.mnt, self.proc)
 
 
 class S3fs(PeerMount):
@@ -258,15 +258,20 @@ class S3fs(PeerMount):
                                       "-o", "use_path_request_style", "-o", f"passwd_file={pw}", "-o", "ro",
                                       "-o", f"use_cache={self.cache}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
-        wait_mounted(self.mnt)
+        wait_mounted(self.mnt, self.proc)
 
 
-def wait_mounted(mnt):
-    for _ in range(200):
+def wait_mounted(mnt, proc=None, seconds=600):
+    """Waits for `mnt` to be a mount point: up to `seconds` (a peer's remount over a cache of
+    10^5 files takes more than the few seconds a fresh mount does), or until `proc` exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if os.path.ismount(mnt):
             return
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{mnt} did not mount: the mounter exited with status {proc.returncode}")
         time.sleep(0.05)
-    raise SystemExit(f"{mnt} did not mount")
+    raise SystemExit(f"{mnt} did not mount within {seconds} s")
 
 
 def files_under(root):

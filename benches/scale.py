@@ -144,8 +144,8 @@ class Peer:
         self.inner.unmount()
 
 
-def run_system(sys_, mnt, keys, readers, metadata_only, raw_fps):
-    out = {}
+def run_system(sys_, mnt, keys, readers, metadata_only, raw_fps, out):
+    """Fills `out` phase by phase, so a system that fails later keeps the rows it finished."""
     paths = [os.path.join(mnt, k) for k in keys]
     drop_page_cache()
     out["mount (fresh)"] = sys_.mount()
@@ -235,6 +235,7 @@ def main():
             else:
                 os.makedirs(cache)
                 sys_ = Peer({"rclone": epochs.Rclone, "s3fs": epochs.S3fs}[name], server, bucket, mnt, cache)
+            r = {}
             try:
                 if args.prefilled and name == "hoardfs":
                     t = time.perf_counter()
@@ -242,10 +243,13 @@ def main():
                     print(f"cache dir written in {time.perf_counter() - t:.0f} s", flush=True)
                     r = run_prefilled(sys_, mnt, keys, cache, args.sample)
                 else:
-                    r = run_system(sys_, mnt, keys, args.readers, args.metadata_only, raw_fps)
+                    run_system(sys_, mnt, keys, args.readers, args.metadata_only, raw_fps, r)
             except (Exception, SystemExit) as e:
                 print(f"{name}: failed: {e}", file=sys.stderr)
                 subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+                if r:  # the phases it finished, and where it stopped
+                    r["failed"] = str(e)
+                    results[name] = r
                 continue
             r["cache dir files"], r["cache dir bytes"] = tree_stats(cache)
             if name == "hoardfs":
