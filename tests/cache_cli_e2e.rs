@@ -215,21 +215,9 @@ fn a_format_1_cache_dir_is_upgraded_in_place_by_the_cli_or_the_mount() {
         let (status, log) = m.stop();
         assert!(status.success(), "{log}");
         assert_eq!(last_mount_counter(&cache, "hoardfs_s3_get_requests_total"), 0, "{name}: an upgrade lost cached bytes\n{log}");
-        let idx_files = walk(&cache.join("objects")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "idx")).count();
+        let idx_files = find_files(&cache.join("objects"), "idx").len();
         assert_eq!(idx_files, 0, "{name}: index files left behind");
     }
-}
-
-fn walk(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 fn copy_dir(from: &Path, to: &Path) {

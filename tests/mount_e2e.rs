@@ -191,22 +191,6 @@ fn flipped_byte_on_disk_is_never_served() {
     assert_eq!(third.gets(), 0);
 }
 
-pub fn find_files(root: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == ext) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn writes_are_refused_read_only() {
     let server = S3Server::start();

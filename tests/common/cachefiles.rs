@@ -6,13 +6,26 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+/// Every file under `root`, at any depth, whose extension is `ext`.
+pub fn find_files(root: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Every data file of the cache at `cache`.
 pub fn data_files(cache: &Path) -> Vec<PathBuf> {
-    let shards = std::fs::read_dir(cache.join("objects")).unwrap().map(|e| e.unwrap().path());
-    shards
-        .flat_map(|s| std::fs::read_dir(s).unwrap().map(|e| e.unwrap().path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "data"))
-        .collect()
+    find_files(&cache.join("objects"), "data")
 }
 
 /// Drops `path`'s pages from the page cache (written back first: dirty pages cannot be dropped),

@@ -9,7 +9,7 @@ pub mod localstack;
 pub mod proxy;
 
 #[allow(unused_imports)]
-pub use cachefiles::{data_files, evict, resident_pages};
+pub use cachefiles::{data_files, evict, find_files, resident_pages};
 #[allow(unused_imports)]
 pub use corrupting::Corrupting;
 
