@@ -219,8 +219,8 @@ pub fn mount_with_client(
     let metrics = Arc::new(Metrics::default());
     let client: Arc<dyn ObjectClient> = Arc::new(CountingClient::new(client, metrics.clone()));
     let dir = CacheDir::open_exclusive(&config.cache_dir)?;
-    // The bucket check (HeadBucket, or a one-key LIST) runs while the cache's state loads: neither needs the
-    // other, and a remount of a large cache would otherwise wait for both in turn.
+    // The bucket check (HeadBucket, or a one-key LIST) runs while the cache's state loads:
+    // neither needs the other, and a remount of a large cache would otherwise wait for both.
     let bucket_check = {
         let (client, prefix) = (client.clone(), config.prefix.clone());
         runtime.spawn(async move { client.check_bucket(&prefix).await })
