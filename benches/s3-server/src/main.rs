@@ -15,6 +15,11 @@
 //! [`Listed`] adds the MD5 ETag (what s3s-fs's HEAD and GET compute for such files) to each
 //! listed object, keeping the benchmark's request pattern S3's.
 //!
+//! With `HOARDFS_BENCH_GET_DELAY_MS=N` in its environment, every GetObject waits N ms before it
+//! answers: the first-byte latency of a far S3 endpoint (tens of ms), on loopback, so that a
+//! benchmark shows what a reader loses to it (how many GETs it keeps in flight), not only what
+//! it costs in CPU.
+//!
 //! Usage: hoardfs-bench-s3 ADDR ROOT   (credentials: bench / bench)
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,6 +33,8 @@ use s3s::{S3Request, S3Response, S3Result, S3};
 struct Listed {
     fs: s3s_fs::FileSystem,
     root: std::path::PathBuf,
+    /// Added before every GetObject's answer (`HOARDFS_BENCH_GET_DELAY_MS`).
+    get_delay: std::time::Duration,
 }
 
 #[async_trait::async_trait]
@@ -49,6 +56,9 @@ impl S3 for Listed {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        if !self.get_delay.is_zero() {
+            tokio::time::sleep(self.get_delay).await;
+        }
         self.fs.get_object(req).await
     }
 
@@ -62,6 +72,31 @@ impl S3 for Listed {
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.fs.delete_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.fs.upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.fs.abort_multipart_upload(req).await
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
@@ -90,7 +125,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: hoardfs-bench-s3 ADDR ROOT".into());
     };
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("{root}: {e:?}"))?;
-    let mut builder = S3ServiceBuilder::new(Listed { fs, root: root.into() });
+    let delay_ms = match std::env::var("HOARDFS_BENCH_GET_DELAY_MS") {
+        Ok(ms) => ms.parse().map_err(|e| format!("HOARDFS_BENCH_GET_DELAY_MS={ms}: {e} (want whole milliseconds)"))?,
+        Err(_) => 0,
+    };
+    let get_delay = std::time::Duration::from_millis(delay_ms);
+    let mut builder = S3ServiceBuilder::new(Listed { fs, root: root.into(), get_delay });
     builder.set_auth(SimpleAuth::from_single("bench", "bench"));
     let service = builder.build();
     let listener = tokio::net::TcpListener::bind(addr.as_str()).await?;
