@@ -394,9 +394,7 @@ impl HoardFs {
     }
 
     async fn read_cached(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>) -> Result<Bytes, FsError> {
-        let bs = obj.header().block_size as u64;
-        let last = (range.end - 1) / bs;
-        self.prefetch_after(handle, obj, range.clone(), last);
+        self.prefetch_after(handle, obj, range.clone());
         // A block found corrupt while reading is refetched, which un-verifies its unit; in
         // strict mode such a read is redone so that only verified bytes leave.
         for _ in 0..3 {
@@ -442,8 +440,10 @@ impl HoardFs {
     }
 
     /// Starts the read-ahead the handle's [`Prefetcher`] asks for after this read.
-    fn prefetch_after(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>, last: u64) {
-        if let Some(ahead) = handle.prefetcher.after_read(range, last, self.prefetch, self.fetcher.blocks_per_get(obj)) {
+    fn prefetch_after(&self, handle: &OpenFile, obj: &Arc<CachedObject>, range: Range<u64>) {
+        let max = self.prefetch.max_blocks.unwrap_or_else(|| self.fetcher.prefetch_capacity(obj));
+        let block_size = obj.header().block_size as u64;
+        if let Some(ahead) = handle.prefetcher.after_read(range, block_size, max, self.fetcher.blocks_per_get(obj)) {
             self.fetcher.prefetch(obj, ahead);
         }
     }

@@ -40,7 +40,7 @@ fn inspection_verification_and_eviction_match_what_was_read() {
     let mount = TestMount::with(&server, "inspect", &cache, tmp.path(), |c| {
         c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         c.verify = VerifyPolicy { mode: VerifyMode::BestEffort, require_checksum: false };
-        c.prefetch.max_blocks = 0;
+        c.prefetch.max_blocks = Some(0);
         c.read_ahead_kb = Some(128);
     });
     assert_same("a", &std::fs::read(mount.path("data/a.bin")).unwrap(), &a);

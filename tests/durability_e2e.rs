@@ -145,7 +145,7 @@ fn an_overwrite_in_s3_never_mixes_two_versions() {
     let mount = TestMount::with(&server, "overwrite", &tmp.path().join("cache"), tmp.path(), |c| {
         c.metadata_ttl = Some(Duration::from_secs(1));
         c.verify.mode = hoardfs::verify::VerifyMode::BestEffort;
-        c.prefetch.max_blocks = 0;
+        c.prefetch.max_blocks = Some(0);
     });
     let old = std::fs::File::open(mount.path("model.bin")).unwrap();
     let mut head = vec![0u8; MIB];

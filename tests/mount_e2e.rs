@@ -237,3 +237,32 @@ fn a_cold_sequential_read_fetches_in_large_coalesced_gets() {
     assert!(gets <= 12, "{gets} GETs for 41 blocks");
     mount.unmount();
 }
+
+/// Read-ahead grows with a sequential reader, so one reader keeps many GETs in flight against
+/// an endpoint whose every answer comes late (as S3's first byte does), instead of the one or
+/// two a fixed 8 MiB window allows.
+#[test]
+fn a_sequential_reader_keeps_more_gets_in_flight_the_further_it_reads() {
+    let server = S3Server::start();
+    let body = bytes(78, 96 * MIB + 5);
+    server.bucket("window", &[("shard.bin", &body)]);
+    let proxy = common::proxy::FaultProxy::start(
+        server.addr,
+        common::proxy::Faults { get_delay: std::time::Duration::from_millis(100), ..Default::default() },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // Best-effort verification: the GETs are the reader's own misses and its read-ahead.
+    let mount = TestMount::with(&server, "window", &tmp.path().join("cache"), tmp.path(), |c| {
+        c.s3.endpoint_url = Some(proxy.endpoint());
+        c.verify.mode = hoardfs::verify::VerifyMode::BestEffort;
+    });
+    assert_same("sequential read", &std::fs::read(mount.path("shard.bin")).unwrap(), &body);
+    let most = proxy.faults.most_gets_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    let gets = mount.gets();
+    eprintln!("{gets} GETs for 97 blocks, at most {most} in flight at once");
+    // Halfway through, 48 blocks read in sequence, the window runs 48 blocks (six 8 MiB GETs)
+    // ahead; a fixed 8-block window never has more than a GET ahead beside the reader's own.
+    assert!(most >= 5, "at most {most} GETs in flight for one sequential reader");
+    assert!(gets <= 20, "{gets} GETs for 97 blocks: read-ahead should come in 8 MiB GETs");
+    mount.unmount();
+}

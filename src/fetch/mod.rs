@@ -72,6 +72,21 @@ impl From<ObjectError> for FetchError {
 
 type Waiter = oneshot::Sender<Result<Bytes, FetchError>>;
 
+/// Who asked for a load: a reader waiting for it, or read-ahead that nobody waits for yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Demand {
+    Reader,
+    ReadAhead,
+}
+
+/// GET slots read-ahead may hold out of `max_concurrent_gets`: all but a quarter (at least one
+/// kept back when there are two or more), so a reader's miss never queues behind a sequential
+/// reader's whole window. 16 → 12.
+fn prefetch_slots(max_concurrent_gets: usize) -> usize {
+    let n = max_concurrent_gets.max(1);
+    (n - (n / 4).max(1)).max(1)
+}
+
 /// A block on its way: await [`PendingBlock::wait`] for its bytes.
 pub struct PendingBlock(oneshot::Receiver<Result<Bytes, FetchError>>);
 
@@ -111,7 +126,12 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<(ObjectId, u64), Vec<Waiter>>>,
     /// Woken whenever a load ends (its block written and claimed, or failed).
     settled: Notify,
+    /// GETs in flight, of any kind.
     permits: Semaphore,
+    /// Read-ahead GETs in flight: taken before `permits` and fewer, so readers' own misses
+    /// always find GET slots that read-ahead cannot fill ([`prefetch_slots`]).
+    prefetch_permits: Semaphore,
+    prefetch_slots: usize,
     max_get_size: u64,
     /// One lock per object version whose entry is being created, so a reader and a prefetch
     /// hint opening it together cause one HEAD or whole-object GET, not two.
@@ -123,6 +143,7 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher within `limits`.
     pub fn new(client: Arc<dyn ObjectClient>, cache: Arc<BlockCache>, metrics: Arc<Metrics>, limits: FetchLimits) -> Arc<Self> {
+        let prefetch_slots = prefetch_slots(limits.max_concurrent_gets);
         Arc::new(Self {
             client,
             cache,
@@ -130,6 +151,8 @@ impl Fetcher {
             inflight: Mutex::default(),
             settled: Notify::new(),
             permits: Semaphore::new(limits.max_concurrent_gets.max(1)),
+            prefetch_permits: Semaphore::new(prefetch_slots),
+            prefetch_slots,
             max_get_size: limits.max_get_size,
             creating: Mutex::default(),
             shared: OnceLock::new(),
@@ -156,7 +179,7 @@ impl Fetcher {
     /// neighbouring missing blocks come in one GET. One pending answer per block, in order.
     pub fn load_each(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: &[u64]) -> Vec<PendingBlock> {
         let mut pending = Vec::with_capacity(blocks.len());
-        self.claim(obj, blocks.iter().copied(), |_| {
+        self.claim(obj, blocks.iter().copied(), Demand::Reader, |_| {
             let (tx, rx) = oneshot::channel();
             pending.push(PendingBlock(rx));
             Some(tx)
@@ -168,8 +191,14 @@ impl Fetcher {
     /// nor already coming), coalesced into as few GETs as the size limit allows.
     pub fn prefetch(self: &Arc<Self>, obj: &Arc<CachedObject>, blocks: Range<u64>) {
         let blocks = blocks.start..blocks.end.min(obj.block_count());
-        let claimed = self.claim(obj, blocks.filter(|&b| !obj.is_present(b)), |_| None);
+        let claimed = self.claim(obj, blocks.filter(|&b| !obj.is_present(b)), Demand::ReadAhead, |_| None);
         Metrics::add(&self.metrics.prefetch_blocks, claimed);
+    }
+
+    /// Blocks of `obj` that read-ahead GETs carry at once: the most a sequential reader's
+    /// window need be, since more would only queue.
+    pub fn prefetch_capacity(&self, obj: &CachedObject) -> u64 {
+        self.prefetch_slots as u64 * self.blocks_per_get(obj)
     }
 
     /// Blocks in one GET of this object at most.
@@ -184,6 +213,7 @@ impl Fetcher {
         self: &Arc<Self>,
         obj: &Arc<CachedObject>,
         blocks: impl Iterator<Item = u64>,
+        demand: Demand,
         mut waiter: impl FnMut(u64) -> Option<Waiter>,
     ) -> u64 {
         let per_get = self.blocks_per_get(obj);
@@ -209,14 +239,14 @@ impl Fetcher {
             // The fetch's span is created here, so it is a child of the read (or prefetch) that
             // claimed the blocks, although it runs as a task of its own.
             let span = tracing::debug_span!("fetch", key = %obj.header().key, blocks = ?run);
-            tokio::spawn(async move { this.run(obj, run).await }.instrument(span));
+            tokio::spawn(async move { this.run(obj, run, demand).await }.instrument(span));
         }
         claimed
     }
 
     /// Loads a claimed run: blocks present on disk are read (and checked) from there, the
     /// missing ones fetched in one GET per stretch of neighbours.
-    async fn run(self: Arc<Self>, obj: Arc<CachedObject>, run: Range<u64>) {
+    async fn run(self: Arc<Self>, obj: Arc<CachedObject>, run: Range<u64>, demand: Demand) {
         let mut missing: Vec<u64> = Vec::new();
         for b in run {
             if obj.is_present(b) {
@@ -228,7 +258,7 @@ impl Fetcher {
             missing.push(b);
         }
         for stretch in stretches(&missing) {
-            match self.get_blocks(&obj, stretch.clone()).await {
+            match self.get_blocks(&obj, stretch.clone(), demand).await {
                 Ok(blocks) => {
                     // Answer every waiter first, then write: nobody waits on the disk.
                     for (b, block) in stretch.clone().zip(&blocks) {
@@ -288,7 +318,7 @@ impl Fetcher {
     /// verified unit already vouches (verified, then evicted) must match that digest; a
     /// mismatching one is fetched again alone, and a second mismatch is an error, so a corrupt
     /// refetch never passes for verified bytes.
-    async fn get_blocks(&self, obj: &Arc<CachedObject>, blocks: Range<u64>) -> Result<Vec<Fetched>, FetchError> {
+    async fn get_blocks(&self, obj: &Arc<CachedObject>, blocks: Range<u64>, demand: Demand) -> Result<Vec<Fetched>, FetchError> {
         if let Some(fetched) = self.shared_tier_blocks(obj, blocks.clone()).await {
             return Ok(fetched);
         }
@@ -296,6 +326,10 @@ impl Fetcher {
         let bs = h.block_size as u64;
         let range = blocks.start * bs..(blocks.end * bs).min(h.object_size);
         let body = {
+            let _read_ahead = match demand {
+                Demand::ReadAhead => Some(self.prefetch_permits.acquire().await.expect("semaphore is never closed")),
+                Demand::Reader => None,
+            };
             let _permit = self.permits.acquire().await.expect("semaphore is never closed");
             self.client.get_range(&h.key, &h.etag, range.clone()).await.map_err(|e| {
                 tracing::warn!("fetching bytes {}-{} of s3://{}/{}: {e}", range.start, range.end - 1, h.bucket, h.key);

@@ -108,3 +108,100 @@ async fn two_opens_of_one_small_object_cause_one_get() {
     assert_eq!(gets(&m) - before, 1);
     assert!(f.creating.lock().unwrap().is_empty());
 }
+
+/// A client whose GETs are counted as they start (by key) but answered only while `open` is
+/// true: GETs in flight held still, to see which ones the fetcher lets start.
+struct HeldGets {
+    inner: Arc<MemoryClient>,
+    started: tokio::sync::watch::Sender<Vec<String>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl ObjectClient for HeldGets {
+    fn head(&self, key: &str) -> crate::object::BoxFuture<'_, Result<ObjectInfo, ObjectError>> {
+        self.inner.head(key)
+    }
+
+    fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> crate::object::BoxFuture<'_, Result<Bytes, ObjectError>> {
+        self.started.send_modify(|s| s.push(key.to_string()));
+        let mut open = self.open.subscribe();
+        let fut = self.inner.get_range(key, etag, range);
+        Box::pin(async move {
+            let _ = open.wait_for(|o| *o).await;
+            fut.await
+        })
+    }
+
+    fn object_checksum(&self, key: &str, etag: &str) -> crate::object::BoxFuture<'_, Result<crate::checksum::ObjectChecksum, ObjectError>> {
+        self.inner.object_checksum(key, etag)
+    }
+
+    fn get_whole(
+        &self,
+        key: &str,
+        etag: &str,
+    ) -> crate::object::BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>> {
+        self.inner.get_whole(key, etag)
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> crate::object::BoxFuture<'_, Result<crate::object::ListPage, ObjectError>> {
+        self.inner.list(prefix, token, max_keys)
+    }
+
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+}
+
+#[tokio::test]
+async fn a_reader_s_miss_finds_a_get_slot_while_read_ahead_holds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let ahead_info = mem.put("ahead", pattern(BS * 10, 1));
+    let other_body = pattern(BS * 2, 2);
+    let other_info = mem.put("other", other_body.clone());
+    let held = Arc::new(HeldGets {
+        inner: mem,
+        started: tokio::sync::watch::Sender::new(Vec::new()),
+        open: tokio::sync::watch::Sender::new(true),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let cache = Arc::new(
+        BlockCache::open(
+            CacheDir::open_exclusive(dir.path()).unwrap(),
+            probe(EngineChoice::Psync).unwrap(),
+            metrics.clone(),
+            small_blocks(),
+        )
+        .unwrap(),
+    );
+    // Four GETs at once, of one block each: read-ahead may hold three.
+    let f = Fetcher::new(held.clone(), cache, metrics, FetchLimits { max_concurrent_gets: 4, max_get_size: BS as u64 });
+    assert_eq!(prefetch_slots(4), 3);
+    let ahead = f.entry(&ahead_info).await.unwrap().unwrap().obj;
+    let other = f.entry(&other_info).await.unwrap().unwrap().obj;
+    held.open.send_replace(false);
+    held.started.send_replace(Vec::new());
+
+    f.prefetch(&ahead, 0..10); // ten GETs of one block
+    let mut started = held.started.subscribe();
+    started.wait_for(|s| s.len() >= 3).await.unwrap();
+    let pending = f.load_each(&other, &[0]);
+    let reader_started = started.wait_for(|s| s.iter().any(|k| k == "other"));
+    tokio::time::timeout(std::time::Duration::from_secs(10), reader_started)
+        .await
+        .expect("the reader's GET waited behind read-ahead for a slot")
+        .unwrap();
+    let ahead_started = held.started.borrow().iter().filter(|k| *k == "ahead").count();
+    assert_eq!(ahead_started, 3, "read-ahead holds three of the four slots, not more");
+
+    held.open.send_replace(true);
+    check(pending, &[0], &other_body).await;
+    f.drain().await;
+    assert!(ahead.is_complete());
+}

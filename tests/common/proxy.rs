@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of the test S3 server: 503 SlowDown
 //! answers, connections reset mid-body, slow responses, flipped bytes in object bodies. It
-//! understands just enough HTTP (request/response heads, Content-Length bodies, keep-alive).
+//! understands just enough HTTP (request/response heads, Content-Length bodies, keep-alive). It
+//! can also hold every object GET's answer (a far endpoint's latency) and counts GETs in flight.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -20,6 +21,11 @@ pub struct Faults {
     /// Answer HeadBucket with 403, as S3 does for credentials allowed to list only under a
     /// prefix (an `s3:prefix` condition in the policy).
     pub deny_head_bucket: bool,
+    /// Hold every object GET's answer this long: the first-byte latency of a far endpoint.
+    pub get_delay: Duration,
+    /// Object GETs sent upstream and not yet answered, and the most there ever were at once.
+    pub gets_in_flight: AtomicU64,
+    pub most_gets_in_flight: AtomicU64,
     pub injected: AtomicU64,
     pub requests: AtomicU64,
 }
@@ -117,9 +123,18 @@ fn serve(client: TcpStream, upstream: SocketAddr, f: &Faults, rng: &Mutex<rand::
             write!(to_client, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         }
+        if is_object_get {
+            let now = f.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            f.most_gets_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
         to_server.write_all(head.as_bytes())?;
         to_server.write_all(&body)?;
-        let Some((resp_head, mut resp_body)) = read_message(&mut from_server, head.starts_with("HEAD "))? else { return Ok(()) };
+        let answer = read_message(&mut from_server, head.starts_with("HEAD "));
+        if is_object_get {
+            std::thread::sleep(f.get_delay);
+            f.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        let Some((resp_head, mut resp_body)) = answer? else { return Ok(()) };
         if roll(f.slow) {
             f.injected.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(300));
