@@ -5,10 +5,10 @@
 //! sequential, and extends the reader's *run*: the bytes it has read in sequence. The window
 //! ahead of the reader is as long as its run (rounded up to whole blocks), up to a maximum, so
 //! it grows with a reader that keeps going (as rclone's chunks and Mountpoint's read window do)
-//! while a reader that stops early has caused at most as many extra bytes as it read. Any other
-//! read ends the run, so a shuffled reader of small files or a random reader of a large one
-//! causes no extra GETs. The window's end is rounded up to a whole GET, so a sequential
-//! reader's misses arrive in a few large GETs instead of one per block.
+//! while a reader that stops early has caused about as many extra bytes as it read at most (plus
+//! the rounding to a whole GET). Any other read ends the run, so a shuffled reader of small files
+//! or a random reader of a large one causes no extra GETs. The window's end is rounded up to a
+//! whole GET, so a sequential reader's misses arrive in a few large GETs instead of one per block.
 //!
 //! Why the window must grow: a GET to S3 waits tens of milliseconds for its first byte, so one
 //! reader is only as fast as the GETs it keeps in flight. 1 GiB read in 1 MiB reads, cold, from
