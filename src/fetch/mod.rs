@@ -15,11 +15,9 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::Instrument;
 
-use crate::cache::CacheError;
 use crate::cache::{BlockCache, CachedObject, ObjectId};
 use crate::checksum::{block_crc, block_hash};
 use crate::metrics::Metrics;
-use crate::object::ObjectInfo;
 use crate::object::{ObjectClient, ObjectError};
 use crate::shared::SharedTier;
 
@@ -97,26 +95,8 @@ impl PendingBlock {
     }
 }
 
-/// Held while one object version's cache entry is created.
-type CreationLock = Arc<tokio::sync::Mutex<()>>;
-
 /// One block as fetched: bytes, blake3, CRC of the object's algorithm.
 type Fetched = (Bytes, [u8; 32], u64);
-
-/// An object version's cache entry, as [`Fetcher::entry`] found or made it.
-pub struct Entry {
-    /// The entry.
-    pub obj: Arc<CachedObject>,
-    /// The object's whole body, when making the entry fetched it in one GET (objects of one
-    /// block): the verifier checks these bytes in memory rather than reading them back.
-    pub fresh: Option<Bytes>,
-}
-
-impl Entry {
-    fn existing(obj: Arc<CachedObject>) -> Self {
-        Self { obj, fresh: None }
-    }
-}
 
 /// The background fetcher of one mount.
 pub struct Fetcher {
@@ -135,7 +115,7 @@ pub struct Fetcher {
     max_get_size: u64,
     /// One lock per object version whose entry is being created, so a reader and a prefetch
     /// hint opening it together cause one HEAD or whole-object GET, not two.
-    creating: Mutex<HashMap<(String, String), CreationLock>>,
+    creating: Mutex<HashMap<(String, String), entry::CreationLock>>,
     /// The shared tier, if the mount has one (set once, after the cache exists).
     shared: OnceLock<Arc<SharedTier>>,
 }
@@ -394,86 +374,6 @@ impl Fetcher {
         Some((bytes, hash, crc))
     }
 
-    /// The cache entry of an object version, created on first use with what S3 offers to verify
-    /// it against (one HeadObject, plus GetObjectAttributes for composite checksums). The
-    /// outer error is S3's, the inner the cache's (the caller may then read uncached).
-    pub async fn entry(&self, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
-        let bucket = self.client.bucket().to_string();
-        match self.open_existing(&bucket, info).await {
-            Ok(Some(obj)) => return Ok(Ok(Entry::existing(obj))),
-            Ok(None) => {}
-            // Present but not openable now (out of descriptors, an I/O error): read uncached.
-            Err(e) => return Ok(Err(e)),
-        }
-        let id = (info.key.clone(), info.etag.clone());
-        let lock = Arc::clone(self.creating.lock().unwrap().entry(id.clone()).or_default());
-        let result = {
-            let _creator = lock.lock().await;
-            self.create_entry(&bucket, info).await
-        };
-        let mut creating = self.creating.lock().unwrap();
-        if Arc::strong_count(&lock) == 2 {
-            creating.remove(&id); // nobody else waits: only the map and this task hold it
-        }
-        result
-    }
-
-    /// [`BlockCache::open_existing`], on a blocking thread unless the entry is in memory: a
-    /// cold index read is a random disk read, which must not stall a runtime worker (opens of
-    /// many objects then overlap on the disk, as the readers' own reads do).
-    async fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
-        if let Some(obj) = self.cache.open_in_memory(bucket, info) {
-            return Ok(Some(obj));
-        }
-        let (cache, bucket, info) = (self.cache.clone(), bucket.to_string(), info.clone());
-        let path = format!("the cache entry of s3://{bucket}/{}", info.key);
-        tokio::task::spawn_blocking(move || cache.open_existing(&bucket, &info))
-            .await
-            .unwrap_or_else(|e| Err(CacheError::Io { path, source: std::io::Error::other(e) }))
-    }
-
-    /// [`Fetcher::entry`] under its object's lock: a waiter finds the entry its predecessor made.
-    async fn create_entry(&self, bucket: &str, info: &ObjectInfo) -> Result<Result<Entry, CacheError>, FetchError> {
-        // Only memory needs a second look: a creator that got here first made its entry live
-        // before it let go of the lock, and `BlockCache::create` checks the disk itself.
-        if let Some(obj) = self.cache.open_in_memory(bucket, info) {
-            return Ok(Ok(Entry::existing(obj)));
-        }
-        // With a shared tier to read, the entry is made from a HEAD and the block then loaded
-        // like any other (tier first); without one, the whole-object GET below saves the HEAD.
-        let tier_first = self.shared.get().is_some_and(|t| t.reads_now());
-        if info.size > 0 && info.size <= self.cache.block_size() as u64 && !tier_first {
-            // One block: one GET brings the bytes and the checksum, and the block is cached
-            // before the open returns (small objects are fetched whole at open). The block is
-            // claimed before the entry exists, so a reader who finds the entry while its block
-            // is being written joins this fetch rather than sending a GET of its own.
-            let claim = (ObjectId::new(bucket, &info.key, &info.etag), 0);
-            self.inflight.lock().unwrap().entry(claim).or_default();
-            let fetched = async {
-                let (body, checksum) = self.client.get_whole(&info.key, &info.etag).await?;
-                Ok(self.cache.create(bucket, info, checksum).map(|obj| {
-                    let (hash, crc) = (block_hash(&body), block_crc(obj.header().checksum.algorithm, &body));
-                    (obj, (body, hash, crc))
-                }))
-            };
-            return match fetched.await {
-                Ok(Ok((obj, block))) => {
-                    let fresh = block.0.clone();
-                    self.finish(&obj, 0, &Ok(block), true).await;
-                    Ok(Ok(Entry { obj, fresh: Some(fresh) }))
-                }
-                other => {
-                    let waiters = self.inflight.lock().unwrap().remove(&claim).unwrap_or_default();
-                    self.settled.notify_waiters();
-                    reply(waiters, &Err(FetchError::Failed(format!("fetching s3://{bucket}/{} whole failed", info.key))));
-                    other.map(|r| r.map(|(obj, _)| Entry::existing(obj)))
-                }
-            };
-        }
-        let checksum = self.client.object_checksum(&info.key, &info.etag).await?;
-        Ok(self.cache.create(bucket, info, checksum).map(Entry::existing))
-    }
-
     /// Waits until no load is in flight, so every fetched block is written and claimed: called
     /// before a `cache warm` reports success and before a mount's runtime stops.
     pub async fn drain(&self) {
@@ -517,5 +417,8 @@ fn reply(waiters: Vec<Waiter>, result: &Result<Fetched, FetchError>) {
     }
 }
 
+mod entry;
 #[cfg(test)]
 mod tests;
+
+pub use entry::Entry;

@@ -6,6 +6,7 @@ use crate::cache::{CacheConfig, CacheDir};
 use crate::io::{probe, EngineChoice};
 use crate::object::counting::CountingClient;
 use crate::object::memory::MemoryClient;
+use crate::object::ObjectInfo;
 use crate::testing::{pattern, small_blocks};
 
 const BS: usize = 4096;
