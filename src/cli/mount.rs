@@ -87,10 +87,11 @@ pub struct MountArgs {
     pub max_get_size: u64,
     /// Most blocks fetched ahead of a sequential reader. The read-ahead grows with the reader:
     /// it runs as far ahead as the reader has read in sequence, so a reader that stops early
-    /// caused about as many extra bytes as it read at most (give or take a GET), and one that keeps going gets this many
-    /// blocks of GETs in flight. Default: as many as the GETs read-ahead may hold at once carry
-    /// (three quarters of --max-concurrent-gets, times --max-get-size: 96 MiB by default; the
-    /// rest stay free for other readers' misses). 0 turns read-ahead off.
+    /// caused about as many extra bytes as it read at most (give or take a GET), and one that
+    /// keeps going gets this many blocks of GETs in flight. Default: as many as the GETs
+    /// read-ahead may hold at once carry (three quarters of --max-concurrent-gets, times
+    /// --max-get-size: 96 MiB by default; the rest stay free for other readers' misses). 0 turns
+    /// read-ahead off.
     #[arg(long, value_name = "N")]
     pub prefetch_blocks: Option<u64>,
     /// Let the kernel read complete, verified objects straight from the cache file (FUSE
