@@ -43,8 +43,13 @@ pub fn set_test_env() {
     std::env::set_var("AWS_REGION", "us-east-1");
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     // hoardfs's own warnings show up in a failing test's output.
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("hoardfs=info,warn")).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hoardfs=info,warn")),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 /// A moto server on a free loopback port, killed on drop.
@@ -84,7 +89,13 @@ impl S3Server {
     }
 
     pub fn config(&self, bucket: &str) -> S3Config {
-        S3Config { bucket: bucket.into(), endpoint_url: Some(self.endpoint()), region: Some("us-east-1".into()), force_path_style: true }
+        S3Config {
+            bucket: bucket.into(),
+            endpoint_url: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            sdk_gets: false,
+        }
     }
 
     /// A bucket with the given objects uploaded (single-part PUTs).
