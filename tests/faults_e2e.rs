@@ -22,8 +22,9 @@ struct Outcome {
 }
 
 /// 1000 random reads of `objects` through a mount whose S3 traffic crosses a proxy injecting
-/// `faults`, with a cache far smaller than the data so blocks keep being fetched again.
-fn run(faults: Faults, seed: u64) -> Outcome {
+/// `faults`, with a cache far smaller than the data so blocks keep being fetched again; GETs go
+/// through the SDK's pipeline with `sdk_gets`, else through hoardfs's own (`object::get`).
+fn run(faults: Faults, seed: u64, sdk_gets: bool) -> Outcome {
     let server = S3Server::start();
     let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("shard-{i}"), bytes(60 + i, 3 * MIB / 2 + 777 * i as usize))).collect();
     let refs: Vec<(&str, &[u8])> = objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
@@ -32,6 +33,7 @@ fn run(faults: Faults, seed: u64) -> Outcome {
     let tmp = tempfile::tempdir().unwrap();
     let mount = TestMount::with(&server, "faulty", &tmp.path().join("cache"), tmp.path(), |c| {
         c.s3.endpoint_url = Some(proxy.endpoint());
+        c.s3.sdk_gets = sdk_gets;
         c.cache.max_size = Some(2 * MIB as u64);
     });
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -67,7 +69,16 @@ fn run(faults: Faults, seed: u64) -> Outcome {
 
 #[test]
 fn transport_faults_are_absorbed_by_retries() {
-    let out = run(Faults { slowdown: 0.10, reset_mid_body: 0.05, slow: 0.05, ..Default::default() }, 8);
+    absorbs_transport_faults(false);
+}
+
+#[test]
+fn transport_faults_are_absorbed_by_retries_with_sdk_gets() {
+    absorbs_transport_faults(true);
+}
+
+fn absorbs_transport_faults(sdk_gets: bool) {
+    let out = run(Faults { slowdown: 0.10, reset_mid_body: 0.05, slow: 0.05, ..Default::default() }, 8, sdk_gets);
     assert!(out.injected >= 50, "too few faults injected ({}) to prove anything", out.injected);
     assert_eq!(out.eio, 0, "503s, resets mid-body and slow answers are retried until they succeed");
     assert!(out.slowest < Duration::from_secs(60), "a read took {:?}", out.slowest);
@@ -75,7 +86,7 @@ fn transport_faults_are_absorbed_by_retries() {
 
 #[test]
 fn corrupt_bytes_under_faults_are_never_served() {
-    let out = run(Faults { slowdown: 0.10, reset_mid_body: 0.05, slow: 0.05, corrupt: 0.05, ..Default::default() }, 9);
+    let out = run(Faults { slowdown: 0.10, reset_mid_body: 0.05, slow: 0.05, corrupt: 0.05, ..Default::default() }, 9, false);
     assert!(out.injected >= 50, "too few faults injected ({}) to prove anything", out.injected);
     // Zero wrong bytes is asserted read by read above. A unit refused twice in a row answers
     // EIO (the issue-3 rule); with 5% of GETs corrupted and a cache too small to keep anything,

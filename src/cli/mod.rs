@@ -65,12 +65,23 @@ pub struct S3Args {
     /// Address buckets as http://host/bucket/key (most local S3 servers need this).
     #[arg(long)]
     pub force_path_style: bool,
+    /// Send GETs through the AWS SDK's request pipeline. By default hoardfs sends them itself
+    /// (same endpoint, credentials, signing and retry rule, a third of the CPU per request);
+    /// this is for comparison, or for a server that accepts the SDK's requests and not these.
+    #[arg(long)]
+    pub sdk_gets: bool,
 }
 
 impl S3Args {
     /// The client configuration for `bucket`.
     pub fn config(&self, bucket: String) -> S3Config {
-        S3Config { bucket, endpoint_url: self.endpoint_url.clone(), region: self.region.clone(), force_path_style: self.force_path_style }
+        S3Config {
+            bucket,
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            force_path_style: self.force_path_style,
+            sdk_gets: self.sdk_gets,
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! request counters that tests and `--metrics-addr` read.
 
 pub mod counting;
+mod get;
 pub mod memory;
+mod retry;
 pub mod s3;
 
 use std::future::Future;

@@ -12,6 +12,9 @@ use bytes::Bytes;
 
 use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
+use super::get::{self, GetPath};
+use super::retry::{retry_bodies, source_chain};
+pub use super::retry::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, MAX_ATTEMPTS, OPERATION_TIMEOUT};
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
 /// Where and how to reach S3; every field maps to one `hoardfs mount` flag.
@@ -25,12 +28,17 @@ pub struct S3Config {
     pub region: Option<String>,
     /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
     pub force_path_style: bool,
+    /// GETs through the SDK's request pipeline rather than hoardfs's own [`GetPath`].
+    pub sdk_gets: bool,
 }
 
-/// `ObjectClient` backed by the AWS SDK, with its standard credential chain and retries.
+/// `ObjectClient` backed by the AWS SDK, with its standard credential chain and retries; GETs go
+/// through [`GetPath`] (the same endpoint and credentials, without the SDK's per-request cost)
+/// unless the endpoint needs more than SigV4 or `sdk_gets` asks for the SDK.
 pub struct S3Client {
     client: aws_sdk_s3::Client,
     bucket: String,
+    get: Option<GetPath>,
 }
 
 impl S3Client {
@@ -70,7 +78,23 @@ impl S3Client {
             );
         let shared = loader.load().await;
         let s3_config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style).build();
-        Self { client: aws_sdk_s3::Client::from_conf(s3_config), bucket: config.bucket.clone() }
+        let get = if config.sdk_gets { None } else { Self::get_path(config, &shared, attempts).await };
+        Self { client: aws_sdk_s3::Client::from_conf(s3_config), bucket: config.bucket.clone(), get }
+    }
+
+    /// The SDK-free GET path for this bucket, or `None` (said in the log) where the SDK must
+    /// serve GETs: no region or credentials chain, or an endpoint signed otherwise than SigV4.
+    async fn get_path(config: &S3Config, shared: &aws_config::SdkConfig, attempts: u32) -> Option<GetPath> {
+        let made = async {
+            let region = shared.region().ok_or("no region")?;
+            let provider = shared.credentials_provider().ok_or("no credentials provider")?;
+            let (fips, dual_stack) = (shared.use_fips().unwrap_or(false), shared.use_dual_stack().unwrap_or(false));
+            let endpoint =
+                get::resolve(&config.bucket, region.as_ref(), config.endpoint_url.as_deref(), config.force_path_style, fips, dual_stack)
+                    .await?;
+            GetPath::new(endpoint, provider, attempts)
+        };
+        made.await.inspect_err(|why: &String| tracing::info!("GETs of s3://{} go through the AWS SDK: {why}", config.bucket)).ok()
     }
 
     /// Part sizes and part checksums of a multipart object (GetObjectAttributes, paged); `None`
@@ -128,6 +152,11 @@ impl S3Client {
     }
 
     async fn get_range_once(&self, key: &str, etag: &str, range: Range<u64>) -> Result<Bytes, ObjectError> {
+        if let Some(get) = &self.get {
+            let got = get.get(key, etag, Some(range.clone()), false).await?;
+            check_body_len(&range, &got.body)?;
+            return Ok(got.body);
+        }
         let what = || format!("GetObject s3://{}/{key} bytes {}-{}", self.bucket, range.start, range.end - 1);
         let out = self
             .client
@@ -196,6 +225,10 @@ macro_rules! checksum_headers {
         }
     };
 }
+
+/// The headers of [`ChecksumHeaders`]'s values, in its order.
+const CHECKSUM_HEADERS: [&str; 5] =
+    ["x-amz-checksum-crc64nvme", "x-amz-checksum-crc32c", "x-amz-checksum-crc32", "x-amz-checksum-sha256", "x-amz-checksum-sha1"];
 
 /// The checksum headers of a HeadObject or GetObject response, in hoardfs's order of
 /// preference: CRC64NVME, CRC32C, CRC32, SHA256, SHA1.
@@ -280,45 +313,6 @@ impl S3Client {
         }
         Ok(checksum)
     }
-}
-
-/// Retries a GET whose *body* failed (truncated, wrong length): the SDK retries failures up to
-/// the response headers, but a body cut off mid-stream surfaces after `send()` returned, outside
-/// its retry loop. Exponential backoff with jitter, [`MAX_ATTEMPTS`] attempts in all.
-async fn retry_bodies<T, F, Fut>(mut attempt: F) -> Result<T, ObjectError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ObjectError>>,
-{
-    let mut backoff = Duration::from_millis(50);
-    for n in 1.. {
-        match attempt().await {
-            Err(e @ (ObjectError::Truncated(_) | ObjectError::WrongLength { .. })) if n < MAX_ATTEMPTS => {
-                tracing::debug!("retrying after {e}");
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-                let jitter = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5x .. 1.5x
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-    unreachable!("the loop returns on the last attempt")
-}
-
-/// The Display of an error and each of its sources, deduplicated: the SDK nests the useful part
-/// ("Connection refused") several levels down, and its Debug output is unreadable to a user.
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }
 
 impl ObjectClient for S3Client {
@@ -413,6 +407,22 @@ impl ObjectClient for S3Client {
 
 impl S3Client {
     async fn get_whole_once(&self, key: &str, etag: &str) -> Result<(Bytes, ObjectChecksum), ObjectError> {
+        if let Some(get) = &self.get {
+            let got = get.get(key, etag, None, true).await?;
+            let header = |name: &str| got.headers.get(name).and_then(|v| v.to_str().ok());
+            let headers = OwnedChecksumHeaders {
+                values: CHECKSUM_HEADERS.map(|name| header(name).map(str::to_owned)),
+                kind: header("x-amz-checksum-type").map(S3ChecksumType::from),
+                encrypted: encrypted(
+                    header("x-amz-server-side-encryption").map(ServerSideEncryption::from).as_ref(),
+                    header("x-amz-server-side-encryption-customer-algorithm"),
+                ),
+            };
+            let expected_len = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            check_body_len(&(0..expected_len), &got.body)?;
+            let checksum = self.resolve(key, etag, headers.borrowed()).await?;
+            return Ok((got.body, checksum));
+        }
         let what = format!("GetObject s3://{}/{key}", self.bucket);
         let out = self
             .client
@@ -465,14 +475,3 @@ impl S3Client {
         })
     }
 }
-
-/// How long one S3 attempt may take before it is abandoned and retried: a stalled GET must not
-/// hang a training step. Default: 20 s.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a request may take in all, retries included: the bound on how long a read that
-/// cannot be served waits before EIO. Default: 60 s.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts per request (the first plus retries). Default: 5.
-pub const MAX_ATTEMPTS: u32 = 5;
-/// How long a TCP connect may take. Default: 5 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,423 @@
+//! GetObject without the SDK's request pipeline: hyper, and AWS's own SigV4 crate.
+//!
+//! A cold epoch of small files makes one GET per file, and on a training node the client's CPU
+//! per GET is what bounds it. Measured with `benches/client.sh` (20,000 × 16 KiB, 8 in flight,
+//! the bench server on the same two cores): the SDK's `GetObject` costs 215 µs of client CPU per
+//! request and reaches 0.70x of `curl`; this path costs 59 µs and reaches 0.99x. The SDK keeps
+//! everything else (HEAD, LIST, attributes, credentials, endpoint rules): this path takes the
+//! endpoint the SDK's rules resolve for the bucket, once, and the credentials its chain provides,
+//! cached until shortly before they expire, and owns only the request itself, its retries and its
+//! errors. Where the rules ask for anything but plain SigV4 (S3 Express, multi-region access
+//! points), [`GetPath::new`] declines and the SDK serves GETs as before.
+
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_s3::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::retry::{jitter, source_chain as chain, ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, OPERATION_TIMEOUT};
+use super::ObjectError;
+
+/// Credentials are refreshed this long before they expire, so no request is signed with
+/// credentials that expire before it reaches S3 (each attempt is signed anew). The SDK's own
+/// identity cache keeps a margin of seconds; a minute also covers a clock a little behind.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(60);
+
+/// Bytes of a key left as they are in the request path: RFC 3986's unreserved characters and
+/// the `/` between segments. Everything else is percent-encoded once, as S3 signs it.
+const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
+/// A GET's answer: its headers (checksums, encryption, length) and its whole body.
+pub(crate) struct Got {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a failed attempt means for the next one.
+enum Failure {
+    /// Worth another attempt (transport error, timeout, 5xx, throttling).
+    Retry(ObjectError),
+    /// Not retried here: the answer will not change (404, 412, 403, a malformed request), or
+    /// the body was cut short, which the caller retries.
+    Final(ObjectError),
+}
+
+/// The endpoint the SDK's rules resolve for a bucket, and the SigV4 region they sign for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    /// Scheme, authority and (path-style) `/bucket`; a key's path is appended.
+    pub base: String,
+    /// The region the rules say to sign for.
+    pub region: String,
+}
+
+/// The bucket's endpoint by the SDK's own rules; `None` (with the reason) unless it is signed
+/// with plain SigV4 for `s3`.
+pub(crate) async fn resolve(
+    bucket: &str,
+    region: &str,
+    endpoint: Option<&str>,
+    force_path_style: bool,
+    fips: bool,
+    dual_stack: bool,
+) -> Result<Resolved, String> {
+    let params = Params::builder()
+        .bucket(bucket)
+        .region(region)
+        .set_endpoint(endpoint.map(str::to_owned))
+        .force_path_style(force_path_style)
+        .use_fips(fips)
+        .use_dual_stack(dual_stack)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resolved = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| e.to_string())?;
+    let scheme = resolved.auth_schemes().first().map(|s| {
+        let text = |k: &str| s.get(k).and_then(|d| d.as_string()).map(str::to_owned);
+        (s.name().to_owned(), text("signingName"), text("signingRegion"))
+    });
+    let region = match scheme {
+        None => region.to_owned(),
+        Some((name, signing_name, signing_region)) if name == "sigv4" && signing_name.as_deref().unwrap_or("s3") == "s3" => {
+            signing_region.unwrap_or_else(|| region.to_owned())
+        }
+        Some((name, signing_name, _)) => return Err(format!("the endpoint asks for {name} signing of {signing_name:?}")),
+    };
+    Ok(Resolved { base: resolved.url().trim_end_matches('/').to_owned(), region })
+}
+
+/// GetObject on hyper: one pooled HTTP/1.1 client, SigV4 signing with cached credentials, the
+/// SDK's retry rule (exponential backoff, full jitter) and its timeouts.
+pub(crate) struct GetPath {
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    endpoint: Resolved,
+    credentials: Credentials,
+    attempts: u32,
+}
+
+impl GetPath {
+    /// The path for `endpoint`, signing with what `provider` gives; `attempts` per request.
+    pub(crate) fn new(endpoint: Resolved, provider: SharedCredentialsProvider, attempts: u32) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| format!("loading the system's TLS roots: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self {
+            http,
+            endpoint,
+            credentials: Credentials { provider, current: Mutex::default(), refresh: tokio::sync::Mutex::default() },
+            attempts: attempts.max(1),
+        })
+    }
+
+    /// GETs `key` at `etag` (`If-Match`), `range` of it or all, with `x-amz-checksum-mode` when
+    /// `checksums`; retried as the SDK would, within [`OPERATION_TIMEOUT`].
+    #[tracing::instrument(level = "debug", name = "get", skip(self, etag), fields(range = ?range))]
+    pub(crate) async fn get(&self, key: &str, etag: &str, range: Option<Range<u64>>, checksums: bool) -> Result<Got, ObjectError> {
+        let what = || match &range {
+            Some(r) => format!("GetObject {key} bytes {}-{}", r.start, r.end.saturating_sub(1)),
+            None => format!("GetObject {key}"),
+        };
+        let attempts = async {
+            let mut backoff = Duration::from_millis(100);
+            for n in 1..=self.attempts {
+                let failure = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(key, etag, range.clone(), checksums)).await {
+                    Ok(Ok(got)) => return Ok(got),
+                    Ok(Err(failure)) => failure,
+                    Err(_) => Failure::Retry(ObjectError::Other(format!("{}: no answer within {ATTEMPT_TIMEOUT:?}", what()))),
+                };
+                match failure {
+                    Failure::Retry(e) if n < self.attempts => {
+                        tracing::debug!(attempt = n, "retrying after {e}");
+                        tokio::time::sleep(backoff.mul_f64(jitter())).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Failure::Retry(e) | Failure::Final(e) => return Err(e),
+                }
+            }
+            unreachable!("the loop returns on the last attempt")
+        };
+        tokio::time::timeout(OPERATION_TIMEOUT, attempts)
+            .await
+            .unwrap_or_else(|_| Err(ObjectError::Other(format!("{}: no answer within {OPERATION_TIMEOUT:?}", what()))))
+    }
+
+    async fn attempt(&self, key: &str, etag: &str, range: Option<Range<u64>>, checksums: bool) -> Result<Got, Failure> {
+        let uri = format!("{}/{}", self.endpoint.base, utf8_percent_encode(key, KEY_ENCODE));
+        let mut request = http::Request::get(&uri).header("if-match", etag);
+        if let Some(r) = &range {
+            request = request.header("range", format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        if checksums {
+            request = request.header("x-amz-checksum-mode", "ENABLED");
+        }
+        let mut request = request.body(Empty::new()).map_err(|e| Failure::Final(ObjectError::Other(format!("GetObject {uri}: {e}"))))?;
+        let identity = self.credentials.get().await.map_err(Failure::Final)?;
+        self.sign(&mut request, &uri, &identity)
+            .map_err(|e| Failure::Final(ObjectError::Other(format!("signing GetObject {uri}: {e}"))))?;
+        let response =
+            self.http.request(request).await.map_err(|e| Failure::Retry(ObjectError::Other(format!("GetObject {uri}: {}", chain(&e)))))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes());
+        if !parts.status.is_success() {
+            return Err(refused(&uri, parts.status, &body.unwrap_or_default()));
+        }
+        // A body cut short is the caller's to retry (`retry::retry_bodies`, as for the SDK's GETs,
+        // whose retries also end at the headers), so one GET never gets two retry budgets.
+        let body = body.map_err(|e| Failure::Final(ObjectError::Truncated(format!("GetObject {uri}: {}", chain(&e)))))?;
+        Ok(Got { headers: parts.headers, body })
+    }
+
+    fn sign(
+        &self,
+        request: &mut http::Request<Empty<Bytes>>,
+        uri: &str,
+        identity: &Identity,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut settings = SigningSettings::default();
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let params = v4::SigningParams::builder()
+            .identity(identity)
+            .region(&self.endpoint.region)
+            .name("s3")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()?
+            .into();
+        let headers: Vec<(&str, &str)> =
+            request.headers().iter().map(|(k, v)| Ok((k.as_str(), v.to_str()?))).collect::<Result<_, http::header::ToStrError>>()?;
+        let signable = SignableRequest::new("GET", uri, headers.into_iter(), SignableBody::UnsignedPayload)?;
+        let (instructions, _signature) = sign(signable, &params)?.into_parts();
+        instructions.apply_to_request_http1x(request);
+        Ok(())
+    }
+}
+
+/// The SDK's credentials, kept until [`REFRESH_BEFORE_EXPIRY`] before they expire; one refresh
+/// at a time, which every request waiting for it shares.
+struct Credentials {
+    provider: SharedCredentialsProvider,
+    current: Mutex<Option<(Identity, Option<SystemTime>)>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Credentials {
+    fn fresh(&self) -> Option<Identity> {
+        let current = self.current.lock().unwrap();
+        let (identity, expiry) = current.as_ref()?;
+        expiry.is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE_EXPIRY).then(|| identity.clone())
+    }
+
+    async fn get(&self) -> Result<Identity, ObjectError> {
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let _refreshing = self.refresh.lock().await;
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let credentials = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| ObjectError::AccessDenied(format!("no AWS credentials found: {}", chain(&e))))?;
+        let expiry = credentials.expiry();
+        let identity: Identity = credentials.into();
+        *self.current.lock().unwrap() = Some((identity.clone(), expiry));
+        Ok(identity)
+    }
+}
+
+/// An error answer, sorted as [`super::s3::classify`] sorts the SDK's: by S3's error code, else
+/// by the status. Throttling, timeouts and server errors are retried.
+fn refused(uri: &str, status: StatusCode, body: &[u8]) -> Failure {
+    let text = String::from_utf8_lossy(body);
+    let element = |name: &str| {
+        let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+        let start = text.find(&open)? + open.len();
+        Some(text[start..].split(&close).next()?.to_owned())
+    };
+    let code = element("Code");
+    let detail = format!("GetObject {uri}: {}", element("Message").or(code.clone()).unwrap_or_else(|| status.to_string()));
+    match (code.as_deref(), status.as_u16()) {
+        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, 404) => Failure::Final(ObjectError::NotFound(detail)),
+        (Some("PreconditionFailed"), _) | (_, 412) => Failure::Final(ObjectError::PreconditionFailed(detail)),
+        (Some("SlowDown" | "Throttling" | "RequestTimeout" | "RequestTimeTooSkewed" | "InternalError"), _) | (_, 408 | 429 | 500..=599) => {
+            Failure::Retry(ObjectError::Other(detail))
+        }
+        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, 403) => {
+            Failure::Final(ObjectError::AccessDenied(detail))
+        }
+        _ => Failure::Final(ObjectError::Other(detail)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_custom_endpoint_with_path_style_puts_the_bucket_in_the_path() {
+        let r = resolve("data", "us-east-1", Some("http://127.0.0.1:9000"), true, false, false).await.unwrap();
+        assert_eq!(r, Resolved { base: "http://127.0.0.1:9000/data".into(), region: "us-east-1".into() });
+    }
+
+    #[tokio::test]
+    async fn aws_is_addressed_by_virtual_host_in_the_bucket_s_region() {
+        let r = resolve("data", "eu-west-1", None, false, false, false).await.unwrap();
+        assert_eq!(r, Resolved { base: "https://data.s3.eu-west-1.amazonaws.com".into(), region: "eu-west-1".into() });
+        let fips = resolve("data", "us-east-1", None, false, true, false).await.unwrap();
+        assert_eq!(fips.base, "https://data.s3-fips.us-east-1.amazonaws.com");
+    }
+
+    #[tokio::test]
+    async fn an_s3_express_bucket_is_left_to_the_sdk() {
+        let r = resolve("data--use1-az4--x-s3", "us-east-1", None, false, false, false).await;
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn keys_are_percent_encoded_once_keeping_their_slashes() {
+        let enc = |k: &str| utf8_percent_encode(k, KEY_ENCODE).to_string();
+        assert_eq!(enc("train/a b+c=d&e~f_g-h.i"), "train/a%20b%2Bc%3Dd%26e~f_g-h.i");
+        assert_eq!(enc("ünï/%41"), "%C3%BCn%C3%AF/%2541");
+    }
+
+    fn counting_provider(lifetime: Option<Duration>) -> (SharedCredentialsProvider, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let f = aws_credential_types::credential_fn::provide_credentials_fn(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let expiry = lifetime.map(|l| SystemTime::now() + l);
+            async move {
+                tokio::task::yield_now().await; // a refresh takes time: other requests arrive during it
+                Ok(aws_credential_types::Credentials::new(format!("AKID{n}"), "secret", None, expiry, "test"))
+            }
+        });
+        (SharedCredentialsProvider::new(f), calls)
+    }
+
+    fn cache(provider: SharedCredentialsProvider) -> Credentials {
+        Credentials { provider, current: Mutex::default(), refresh: tokio::sync::Mutex::default() }
+    }
+
+    #[tokio::test]
+    async fn credentials_are_asked_for_once_until_they_near_expiry() {
+        let (provider, calls) = counting_provider(Some(Duration::from_secs(3600)));
+        let c = cache(provider);
+        let (a, b, d) = tokio::join!(c.get(), c.get(), c.get());
+        assert!(a.is_ok() && b.is_ok() && d.is_ok());
+        c.get().await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one refresh, shared by every request");
+
+        // Credentials within REFRESH_BEFORE_EXPIRY of their end are replaced at every request.
+        let (provider, calls) = counting_provider(Some(REFRESH_BEFORE_EXPIRY / 2));
+        let c = cache(provider);
+        c.get().await.unwrap();
+        c.get().await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // Credentials without an expiry (static keys) are kept.
+        let (provider, calls) = counting_provider(None);
+        let c = cache(provider);
+        c.get().await.unwrap();
+        c.get().await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A server on loopback that answers its first `failures` requests with 503 SlowDown and
+    /// the rest with `body`; returns its base URL and the count of requests it saw.
+    async fn flaky_server(failures: usize, body: &'static [u8]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/bucket", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut head = Vec::new();
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let answer = if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                            let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                            format!("HTTP/1.1 503 Slow Down\r\nContent-Length: {}\r\n\r\n{xml}", xml.len()).into_bytes()
+                        } else {
+                            let mut ok = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                            ok.extend_from_slice(body);
+                            ok
+                        };
+                        if conn.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (base, seen)
+    }
+
+    async fn path_to(base: String, attempts: u32) -> GetPath {
+        let (provider, _) = counting_provider(None);
+        GetPath::new(Resolved { base, region: "us-east-1".into() }, provider, attempts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_get_is_retried_until_its_last_attempt_and_no_further() {
+        let (base, seen) = flaky_server(4, b"payload").await;
+        let got = path_to(base, 5).await.get("k", "\"e\"", None, true).await.unwrap();
+        assert_eq!(&got.body[..], b"payload");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5, "four 503s, then the answer");
+
+        let (base, seen) = flaky_server(5, b"payload").await;
+        let err = path_to(base, 5).await.get("k", "\"e\"", Some(0..3), false).await.err().unwrap();
+        assert!(matches!(&err, ObjectError::Other(m) if m.contains("reduce your request rate")), "{err}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5, "five attempts in all");
+    }
+
+    #[test]
+    fn errors_are_sorted_by_what_a_retry_would_change() {
+        let body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        assert!(
+            matches!(refused("u", StatusCode::SERVICE_UNAVAILABLE, body), Failure::Retry(ObjectError::Other(m)) if m.contains("reduce"))
+        );
+        assert!(matches!(refused("u", StatusCode::NOT_FOUND, b""), Failure::Final(ObjectError::NotFound(_))));
+        assert!(matches!(refused("u", StatusCode::PRECONDITION_FAILED, b""), Failure::Final(ObjectError::PreconditionFailed(_))));
+        assert!(matches!(refused("u", StatusCode::FORBIDDEN, b"<Code>AccessDenied</Code>"), Failure::Final(ObjectError::AccessDenied(_))));
+        assert!(matches!(refused("u", StatusCode::BAD_REQUEST, b"<Code>InvalidArgument</Code>"), Failure::Final(ObjectError::Other(_))));
+        assert!(matches!(refused("u", StatusCode::TOO_MANY_REQUESTS, b""), Failure::Retry(_)));
+    }
+}
