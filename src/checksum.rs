@@ -159,7 +159,7 @@ impl ObjectChecksum {
                 })
                 .collect()
         } else {
-            vec![0..object_size]
+            std::iter::once(0..object_size).collect() // one unit: the whole object
         }
     }
 

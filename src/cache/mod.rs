@@ -161,8 +161,11 @@ pub struct BlockCache {
     catalog: catalog::Catalog,
     /// Told the data file path of every entry deleted, so whoever holds the file open beyond
     /// the cache (the kernel, through a passthrough backing) lets go and its blocks are freed.
-    on_delete: std::sync::OnceLock<Box<dyn Fn(&std::path::Path) + Send + Sync>>,
+    on_delete: std::sync::OnceLock<OnDelete>,
 }
+
+/// What [`BlockCache`] calls with the data file path of each entry it deletes.
+type OnDelete = Box<dyn Fn(&std::path::Path) + Send + Sync>;
 
 impl BlockCache {
     /// Opens the directory (which must already be locked by `dir`) and rebuilds the eviction

@@ -12,13 +12,16 @@ use crate::checksum::{s3_checksum, Algorithm, ChecksumType, ObjectChecksum, Part
 
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
+/// A test's hook that alters a body before it is served: called with the key and the bytes.
+type Corrupter = Box<dyn Fn(&str, &mut Vec<u8>) + Send>;
+
 /// Objects kept in a sorted map so listings come out in S3's (byte-wise) order.
 #[derive(Default)]
 pub struct MemoryClient {
     bucket: String,
     objects: Mutex<BTreeMap<String, (Bytes, ObjectInfo)>>,
     checksums: Mutex<BTreeMap<String, ObjectChecksum>>,
-    corrupt: Mutex<Option<Box<dyn Fn(&str, &mut Vec<u8>) + Send>>>,
+    corrupt: Mutex<Option<Corrupter>>,
     /// Listings leave out ETags, as some S3-compatible servers do (s3s-fs).
     pub lists_without_etags: std::sync::atomic::AtomicBool,
 }

@@ -299,7 +299,7 @@ impl Verifier {
         // If the unit verifies, these digests are what its blocks' bytes were; blocks the cache
         // could not keep are checked against them when fetched again.
         *proof = digests;
-        let aligned = unit.start % bs == 0 && (unit.end % bs == 0 || unit.end == h.object_size);
+        let aligned = unit.start.is_multiple_of(bs) && (unit.end.is_multiple_of(bs) || unit.end == h.object_size);
         if h.checksum.algorithm.crc().is_some() && aligned {
             let pieces: Option<Vec<(u64, u64)>> =
                 blocks.iter().map(|&b| loaded.get(&b).copied().or_else(|| obj.block_crc(b)).map(|c| (c, h.block_len(b) as u64))).collect();
