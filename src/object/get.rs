@@ -2,8 +2,9 @@
 //!
 //! A cold epoch of small files makes one GET per file, and on a training node the client's CPU
 //! per GET is what bounds it. Measured with `benches/client.sh` (20,000 × 16 KiB, 8 in flight,
-//! the bench server on the same two cores): the SDK's `GetObject` costs 215 µs of client CPU per
-//! request and reaches 0.70x of `curl`; this path costs 59 µs and reaches 0.99x. The SDK keeps
+//! the bench server on the same two cores): the SDK's `GetObject` costs 215-260 µs of client CPU
+//! per request and reaches 0.69-0.70x of `curl`; this path costs 55-71 µs and reaches 0.99-1.02x.
+//! The SDK keeps
 //! everything else (HEAD, LIST, attributes, credentials, endpoint rules): this path takes the
 //! endpoint the SDK's rules resolve for the bucket, once, and the credentials its chain provides,
 //! cached until shortly before they expire, and owns only the request itself, its retries and its
@@ -48,6 +49,31 @@ pub(crate) struct Got {
     pub body: Bytes,
 }
 
+/// Why a bucket's GETs do not take this path (the SDK then sends them, as with `--sdk-gets`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Declined {
+    /// The SDK's configuration names no region to sign for.
+    #[error("no region")]
+    NoRegion,
+    /// The SDK's configuration has no credentials chain.
+    #[error("no credentials provider")]
+    NoCredentials,
+    /// The SDK's endpoint rules refused the bucket's parameters.
+    #[error("the SDK's endpoint rules: {0}")]
+    Endpoint(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The endpoint is signed otherwise than with SigV4 for `s3`.
+    #[error("the endpoint asks for {scheme} signing for {name:?}")]
+    Signing {
+        /// The auth scheme the rules name (`sigv4a`, `sigv4-s3express`).
+        scheme: String,
+        /// The signing name they give, if any.
+        name: Option<String>,
+    },
+    /// No TLS trust roots could be loaded from the system.
+    #[error("loading the system's TLS roots")]
+    TlsRoots(#[source] std::io::Error),
+}
+
 /// What a failed attempt means for the next one.
 enum Failure {
     /// Worth another attempt (transport error, timeout, 5xx, throttling).
@@ -66,8 +92,8 @@ pub(crate) struct Resolved {
     pub region: String,
 }
 
-/// The bucket's endpoint by the SDK's own rules; `None` (with the reason) unless it is signed
-/// with plain SigV4 for `s3`.
+/// The bucket's endpoint by the SDK's own rules, unless it is signed otherwise than with SigV4
+/// for `s3`.
 pub(crate) async fn resolve(
     bucket: &str,
     region: &str,
@@ -75,7 +101,7 @@ pub(crate) async fn resolve(
     force_path_style: bool,
     fips: bool,
     dual_stack: bool,
-) -> Result<Resolved, String> {
+) -> Result<Resolved, Declined> {
     let params = Params::builder()
         .bucket(bucket)
         .region(region)
@@ -84,8 +110,8 @@ pub(crate) async fn resolve(
         .use_fips(fips)
         .use_dual_stack(dual_stack)
         .build()
-        .map_err(|e| e.to_string())?;
-    let resolved = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| e.to_string())?;
+        .map_err(|e| Declined::Endpoint(e.into()))?;
+    let resolved = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| Declined::Endpoint(e.into()))?;
     let scheme = resolved.auth_schemes().first().map(|s| {
         let text = |k: &str| s.get(k).and_then(|d| d.as_string()).map(str::to_owned);
         (s.name().to_owned(), text("signingName"), text("signingRegion"))
@@ -95,13 +121,13 @@ pub(crate) async fn resolve(
         Some((name, signing_name, signing_region)) if name == "sigv4" && signing_name.as_deref().unwrap_or("s3") == "s3" => {
             signing_region.unwrap_or_else(|| region.to_owned())
         }
-        Some((name, signing_name, _)) => return Err(format!("the endpoint asks for {name} signing of {signing_name:?}")),
+        Some((scheme, name, _)) => return Err(Declined::Signing { scheme, name }),
     };
     Ok(Resolved { base: resolved.url().trim_end_matches('/').to_owned(), region })
 }
 
 /// GetObject on hyper: one pooled HTTP/1.1 client, SigV4 signing with cached credentials, the
-/// SDK's retry rule (exponential backoff, full jitter) and its timeouts.
+/// SDK's retry rule as hoardfs configures it (exponential backoff with jitter) and its timeouts.
 pub(crate) struct GetPath {
     http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     endpoint: Resolved,
@@ -111,14 +137,14 @@ pub(crate) struct GetPath {
 
 impl GetPath {
     /// The path for `endpoint`, signing with what `provider` gives; `attempts` per request.
-    pub(crate) fn new(endpoint: Resolved, provider: SharedCredentialsProvider, attempts: u32) -> Result<Self, String> {
+    pub(crate) fn new(endpoint: Resolved, provider: SharedCredentialsProvider, attempts: u32) -> Result<Self, Declined> {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
-            .map_err(|e| format!("loading the system's TLS roots: {e}"))?
+            .map_err(Declined::TlsRoots)?
             .https_or_http()
             .enable_http1()
             .wrap_connector(tcp);
@@ -296,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn an_s3_express_bucket_is_left_to_the_sdk() {
         let r = resolve("data--use1-az4--x-s3", "us-east-1", None, false, false, false).await;
-        assert!(r.is_err(), "{r:?}");
+        assert!(matches!(&r, Err(Declined::Signing { scheme, .. }) if scheme == "sigv4-s3express"), "{r:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
-use super::get::{self, GetPath};
+use super::get::{self, Declined, GetPath};
 use super::retry::{retry_bodies, source_chain};
 pub use super::retry::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, MAX_ATTEMPTS, OPERATION_TIMEOUT};
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
@@ -86,15 +86,15 @@ impl S3Client {
     /// serve GETs: no region or credentials chain, or an endpoint signed otherwise than SigV4.
     async fn get_path(config: &S3Config, shared: &aws_config::SdkConfig, attempts: u32) -> Option<GetPath> {
         let made = async {
-            let region = shared.region().ok_or("no region")?;
-            let provider = shared.credentials_provider().ok_or("no credentials provider")?;
+            let region = shared.region().ok_or(Declined::NoRegion)?;
+            let provider = shared.credentials_provider().ok_or(Declined::NoCredentials)?;
             let (fips, dual_stack) = (shared.use_fips().unwrap_or(false), shared.use_dual_stack().unwrap_or(false));
             let endpoint =
                 get::resolve(&config.bucket, region.as_ref(), config.endpoint_url.as_deref(), config.force_path_style, fips, dual_stack)
                     .await?;
             GetPath::new(endpoint, provider, attempts)
         };
-        made.await.inspect_err(|why: &String| tracing::info!("GETs of s3://{} go through the AWS SDK: {why}", config.bucket)).ok()
+        made.await.inspect_err(|why| tracing::info!("GETs of s3://{} go through the AWS SDK: {}", config.bucket, source_chain(why))).ok()
     }
 
     /// Part sizes and part checksums of a multipart object (GetObjectAttributes, paged); `None`
