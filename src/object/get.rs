@@ -111,7 +111,7 @@ pub(crate) async fn resolve(
         .use_dual_stack(dual_stack)
         .build()
         .map_err(|e| Declined::Endpoint(e.into()))?;
-    let resolved = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| Declined::Endpoint(e.into()))?;
+    let resolved = DefaultResolver::new().resolve_endpoint(&params).await.map_err(Declined::Endpoint)?;
     let scheme = resolved.auth_schemes().first().map(|s| {
         let text = |k: &str| s.get(k).and_then(|d| d.as_string()).map(str::to_owned);
         (s.name().to_owned(), text("signingName"), text("signingRegion"))
