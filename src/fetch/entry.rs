@@ -54,12 +54,17 @@ impl Fetcher {
         result
     }
 
-    /// [`BlockCache::open_existing`], on a blocking thread unless the entry is in memory: a
-    /// cold index read is a random disk read, which must not stall a runtime worker (opens of
-    /// many objects then overlap on the disk, as the readers' own reads do).
+    /// [`BlockCache::open_existing`], on a blocking thread unless the entry is in memory or
+    /// absent: a cold index read is a random disk read, which must not stall a runtime worker
+    /// (opens of many objects then overlap on the disk, as the readers' own reads do). An object
+    /// the entry table does not name has nothing on disk to read, so a cold file's open skips
+    /// the hop to a blocking thread and back.
     async fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
         if let Some(obj) = self.cache.open_in_memory(bucket, info) {
             return Ok(Some(obj));
+        }
+        if !self.cache.holds(bucket, info) {
+            return Ok(None); // `create_entry` looks again under the object's lock
         }
         let (cache, bucket, info) = (self.cache.clone(), bucket.to_string(), info.clone());
         let path = format!("the cache entry of s3://{bucket}/{}", info.key);
