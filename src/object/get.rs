@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -72,6 +73,13 @@ pub(crate) enum Declined {
     /// No TLS trust roots could be loaded from the system.
     #[error("loading the system's TLS roots")]
     TlsRoots(#[source] std::io::Error),
+    /// The environment sends requests to this endpoint through a proxy (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`), which the SDK's client honours.
+    #[error("the environment names a proxy for {0}")]
+    Proxied(String),
+    /// The endpoint the rules gave is not a URI.
+    #[error("the endpoint {0:?} is not a URI")]
+    NotUri(String),
 }
 
 /// What a failed attempt means for the next one.
@@ -137,7 +145,10 @@ pub(crate) struct GetPath {
 
 impl GetPath {
     /// The path for `endpoint`, signing with what `provider` gives; `attempts` per request.
+    /// Declined where the environment's proxy settings cover the endpoint: the SDK's client
+    /// follows them, and a GET must go the same way as every other request.
     pub(crate) fn new(endpoint: Resolved, provider: SharedCredentialsProvider, attempts: u32) -> Result<Self, Declined> {
+        proxy_free(&Matcher::from_env(), &endpoint.base)?;
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         tcp.set_nodelay(true);
@@ -242,6 +253,16 @@ impl GetPath {
     }
 }
 
+/// Whether `base` is reached without a proxy under `proxies` (the same matcher the SDK's client
+/// builds from the environment).
+fn proxy_free(proxies: &Matcher, base: &str) -> Result<(), Declined> {
+    let uri: http::Uri = base.parse().map_err(|_| Declined::NotUri(base.to_owned()))?;
+    match proxies.intercept(&uri) {
+        Some(_) => Err(Declined::Proxied(base.to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// The SDK's credentials, kept until [`REFRESH_BEFORE_EXPIRY`] before they expire; one refresh
 /// at a time, which every request waiting for it shares.
 struct Credentials {
@@ -323,6 +344,15 @@ mod tests {
     async fn an_s3_express_bucket_is_left_to_the_sdk() {
         let r = resolve("data--use1-az4--x-s3", "us-east-1", None, false, false, false).await;
         assert!(matches!(&r, Err(Declined::Signing { scheme, .. }) if scheme == "sigv4-s3express"), "{r:?}");
+    }
+
+    #[test]
+    fn an_endpoint_the_environment_proxies_is_left_to_the_sdk() {
+        let proxies = Matcher::builder().https("http://proxy.internal:3128").no("127.0.0.1,.local.example").build();
+        assert!(matches!(proxy_free(&proxies, "https://data.s3.eu-west-1.amazonaws.com"), Err(Declined::Proxied(_))));
+        assert!(proxy_free(&proxies, "https://s3.local.example/data").is_ok(), "NO_PROXY covers it");
+        assert!(proxy_free(&proxies, "http://127.0.0.1:9000/data").is_ok(), "no HTTP proxy named");
+        assert!(proxy_free(&Matcher::builder().build(), "https://data.s3.eu-west-1.amazonaws.com").is_ok());
     }
 
     #[test]
