@@ -10,7 +10,7 @@ cores (docs/DESIGN.md, "Where a cold small file's time goes"). This isolates the
 no FUSE, no cache, only GETs of whole objects. Each round, page cache dropped before each run:
 `curl --parallel` (epochs.curl_gets), then `client_gets hoardfs` and `client_gets sdk`: the
 request a cold one-block object costs a mount (`S3Client::get_whole`), sent by hoardfs's own
-GET path (src/object/get.rs) and by the SDK's. Reported:
+GET path (src/object/get/) and by the SDK's. Reported:
 medians of GETs/s, of each run's ratio to its round's `curl`, and of client and server CPU per GET
 (`/proc/PID/stat`; curl's from this process's children). Not part of CI.
 

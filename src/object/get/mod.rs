@@ -22,9 +22,10 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -141,6 +142,11 @@ pub(crate) struct GetPath {
     endpoint: Resolved,
     credentials: Credentials,
     attempts: u32,
+    /// Bound on one attempt up to its response's headers ([`ATTEMPT_TIMEOUT`]).
+    attempt_timeout: Duration,
+    /// Bound on a body's silence: a body may take as long as its size and the link need, as
+    /// the SDK's bodies may (its timeouts also end at the headers), but not stall this long.
+    stall_timeout: Duration,
 }
 
 impl GetPath {
@@ -165,6 +171,8 @@ impl GetPath {
             endpoint,
             credentials: Credentials { provider, current: Mutex::default(), refresh: tokio::sync::Mutex::default() },
             attempts: attempts.max(1),
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            stall_timeout: ATTEMPT_TIMEOUT,
         })
     }
 
@@ -179,10 +187,10 @@ impl GetPath {
         let attempts = async {
             let mut backoff = Duration::from_millis(100);
             for n in 1..=self.attempts {
-                let failure = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(key, etag, range.clone(), checksums)).await {
-                    Ok(Ok(got)) => return Ok(got),
+                let failure = match tokio::time::timeout(self.attempt_timeout, self.attempt(key, etag, range.clone(), checksums)).await {
+                    Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(failure)) => failure,
-                    Err(_) => Failure::Retry(ObjectError::Other(format!("{}: no answer within {ATTEMPT_TIMEOUT:?}", what()))),
+                    Err(_) => Failure::Retry(ObjectError::Other(format!("{}: no answer within {:?}", what(), self.attempt_timeout))),
                 };
                 match failure {
                     Failure::Retry(e) if n < self.attempts => {
@@ -195,12 +203,18 @@ impl GetPath {
             }
             unreachable!("the loop returns on the last attempt")
         };
-        tokio::time::timeout(OPERATION_TIMEOUT, attempts)
+        let (headers, body) = tokio::time::timeout(OPERATION_TIMEOUT, attempts)
             .await
-            .unwrap_or_else(|_| Err(ObjectError::Other(format!("{}: no answer within {OPERATION_TIMEOUT:?}", what()))))
+            .unwrap_or_else(|_| Err(ObjectError::Other(format!("{}: no answer within {OPERATION_TIMEOUT:?}", what()))))?;
+        // A body cut short is the caller's to retry (`retry::retry_bodies`, as for the SDK's GETs,
+        // whose retries also end at the headers), so one GET never gets two retry budgets.
+        let body = self.collect(body).await.map_err(|why| ObjectError::Truncated(format!("{}: {why}", what())))?;
+        Ok(Got { headers, body })
     }
 
-    async fn attempt(&self, key: &str, etag: &str, range: Option<Range<u64>>, checksums: bool) -> Result<Got, Failure> {
+    /// One attempt, up to a successful answer's headers (an error answer's small body is read
+    /// here, for its code).
+    async fn attempt(&self, key: &str, etag: &str, range: Option<Range<u64>>, checksums: bool) -> Result<(HeaderMap, Incoming), Failure> {
         let uri = format!("{}/{}", self.endpoint.base, utf8_percent_encode(key, KEY_ENCODE));
         let mut request = http::Request::get(&uri).header("if-match", etag);
         if let Some(r) = &range {
@@ -216,14 +230,29 @@ impl GetPath {
         let response =
             self.http.request(request).await.map_err(|e| Failure::Retry(ObjectError::Other(format!("GetObject {uri}: {}", chain(&e)))))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes());
         if !parts.status.is_success() {
-            return Err(refused(&uri, parts.status, &body.unwrap_or_default()));
+            let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(refused(&uri, parts.status, &text));
         }
-        // A body cut short is the caller's to retry (`retry::retry_bodies`, as for the SDK's GETs,
-        // whose retries also end at the headers), so one GET never gets two retry budgets.
-        let body = body.map_err(|e| Failure::Final(ObjectError::Truncated(format!("GetObject {uri}: {}", chain(&e)))))?;
-        Ok(Got { headers: parts.headers, body })
+        Ok((parts.headers, body))
+    }
+
+    /// A body's bytes, failing if the connection breaks or no byte arrives for
+    /// [`Self::stall_timeout`].
+    async fn collect(&self, mut body: Incoming) -> Result<Bytes, String> {
+        let mut out = BytesMut::with_capacity(body.size_hint().exact().unwrap_or(0).min(64 << 20) as usize);
+        loop {
+            match tokio::time::timeout(self.stall_timeout, body.frame()).await {
+                Err(_) => return Err(format!("no byte for {:?} after {} bytes", self.stall_timeout, out.len())),
+                Ok(None) => return Ok(out.freeze()),
+                Ok(Some(Err(e))) => return Err(chain(&e)),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        out.extend_from_slice(data);
+                    }
+                }
+            }
+        }
     }
 
     fn sign(
@@ -323,157 +352,4 @@ fn refused(uri: &str, status: StatusCode, body: &[u8]) -> Failure {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_custom_endpoint_with_path_style_puts_the_bucket_in_the_path() {
-        let r = resolve("data", "us-east-1", Some("http://127.0.0.1:9000"), true, false, false).await.unwrap();
-        assert_eq!(r, Resolved { base: "http://127.0.0.1:9000/data".into(), region: "us-east-1".into() });
-    }
-
-    #[tokio::test]
-    async fn aws_is_addressed_by_virtual_host_in_the_bucket_s_region() {
-        let r = resolve("data", "eu-west-1", None, false, false, false).await.unwrap();
-        assert_eq!(r, Resolved { base: "https://data.s3.eu-west-1.amazonaws.com".into(), region: "eu-west-1".into() });
-        let fips = resolve("data", "us-east-1", None, false, true, false).await.unwrap();
-        assert_eq!(fips.base, "https://data.s3-fips.us-east-1.amazonaws.com");
-    }
-
-    #[tokio::test]
-    async fn an_s3_express_bucket_is_left_to_the_sdk() {
-        let r = resolve("data--use1-az4--x-s3", "us-east-1", None, false, false, false).await;
-        assert!(matches!(&r, Err(Declined::Signing { scheme, .. }) if scheme == "sigv4-s3express"), "{r:?}");
-    }
-
-    #[test]
-    fn an_endpoint_the_environment_proxies_is_left_to_the_sdk() {
-        let proxies = Matcher::builder().https("http://proxy.internal:3128").no("127.0.0.1,.local.example").build();
-        assert!(matches!(proxy_free(&proxies, "https://data.s3.eu-west-1.amazonaws.com"), Err(Declined::Proxied(_))));
-        assert!(proxy_free(&proxies, "https://s3.local.example/data").is_ok(), "NO_PROXY covers it");
-        assert!(proxy_free(&proxies, "http://127.0.0.1:9000/data").is_ok(), "no HTTP proxy named");
-        assert!(proxy_free(&Matcher::builder().build(), "https://data.s3.eu-west-1.amazonaws.com").is_ok());
-    }
-
-    #[test]
-    fn keys_are_percent_encoded_once_keeping_their_slashes() {
-        let enc = |k: &str| utf8_percent_encode(k, KEY_ENCODE).to_string();
-        assert_eq!(enc("train/a b+c=d&e~f_g-h.i"), "train/a%20b%2Bc%3Dd%26e~f_g-h.i");
-        assert_eq!(enc("ünï/%41"), "%C3%BCn%C3%AF/%2541");
-    }
-
-    fn counting_provider(lifetime: Option<Duration>) -> (SharedCredentialsProvider, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let f = aws_credential_types::credential_fn::provide_credentials_fn(move || {
-            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let expiry = lifetime.map(|l| SystemTime::now() + l);
-            async move {
-                tokio::task::yield_now().await; // a refresh takes time: other requests arrive during it
-                Ok(aws_credential_types::Credentials::new(format!("AKID{n}"), "secret", None, expiry, "test"))
-            }
-        });
-        (SharedCredentialsProvider::new(f), calls)
-    }
-
-    fn cache(provider: SharedCredentialsProvider) -> Credentials {
-        Credentials { provider, current: Mutex::default(), refresh: tokio::sync::Mutex::default() }
-    }
-
-    #[tokio::test]
-    async fn credentials_are_asked_for_once_until_they_near_expiry() {
-        let (provider, calls) = counting_provider(Some(Duration::from_secs(3600)));
-        let c = cache(provider);
-        let (a, b, d) = tokio::join!(c.get(), c.get(), c.get());
-        assert!(a.is_ok() && b.is_ok() && d.is_ok());
-        c.get().await.unwrap();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one refresh, shared by every request");
-
-        // Credentials within REFRESH_BEFORE_EXPIRY of their end are replaced at every request.
-        let (provider, calls) = counting_provider(Some(REFRESH_BEFORE_EXPIRY / 2));
-        let c = cache(provider);
-        c.get().await.unwrap();
-        c.get().await.unwrap();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-
-        // Credentials without an expiry (static keys) are kept.
-        let (provider, calls) = counting_provider(None);
-        let c = cache(provider);
-        c.get().await.unwrap();
-        c.get().await.unwrap();
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    }
-
-    /// A server on loopback that answers its first `failures` requests with 503 SlowDown and
-    /// the rest with `body`; returns its base URL and the count of requests it saw.
-    async fn flaky_server(failures: usize, body: &'static [u8]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/bucket", listener.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut head = Vec::new();
-                    loop {
-                        let Ok(n) = conn.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        head.extend_from_slice(&buf[..n]);
-                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            continue;
-                        }
-                        head.clear();
-                        let answer = if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
-                            let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-                            format!("HTTP/1.1 503 Slow Down\r\nContent-Length: {}\r\n\r\n{xml}", xml.len()).into_bytes()
-                        } else {
-                            let mut ok = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-                            ok.extend_from_slice(body);
-                            ok
-                        };
-                        if conn.write_all(&answer).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (base, seen)
-    }
-
-    async fn path_to(base: String, attempts: u32) -> GetPath {
-        let (provider, _) = counting_provider(None);
-        GetPath::new(Resolved { base, region: "us-east-1".into() }, provider, attempts).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_get_is_retried_until_its_last_attempt_and_no_further() {
-        let (base, seen) = flaky_server(4, b"payload").await;
-        let got = path_to(base, 5).await.get("k", "\"e\"", None, true).await.unwrap();
-        assert_eq!(&got.body[..], b"payload");
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5, "four 503s, then the answer");
-
-        let (base, seen) = flaky_server(5, b"payload").await;
-        let err = path_to(base, 5).await.get("k", "\"e\"", Some(0..3), false).await.err().unwrap();
-        assert!(matches!(&err, ObjectError::Other(m) if m.contains("reduce your request rate")), "{err}");
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5, "five attempts in all");
-    }
-
-    #[test]
-    fn errors_are_sorted_by_what_a_retry_would_change() {
-        let body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-        assert!(
-            matches!(refused("u", StatusCode::SERVICE_UNAVAILABLE, body), Failure::Retry(ObjectError::Other(m)) if m.contains("reduce"))
-        );
-        assert!(matches!(refused("u", StatusCode::NOT_FOUND, b""), Failure::Final(ObjectError::NotFound(_))));
-        assert!(matches!(refused("u", StatusCode::PRECONDITION_FAILED, b""), Failure::Final(ObjectError::PreconditionFailed(_))));
-        assert!(matches!(refused("u", StatusCode::FORBIDDEN, b"<Code>AccessDenied</Code>"), Failure::Final(ObjectError::AccessDenied(_))));
-        assert!(matches!(refused("u", StatusCode::BAD_REQUEST, b"<Code>InvalidArgument</Code>"), Failure::Final(ObjectError::Other(_))));
-        assert!(matches!(refused("u", StatusCode::TOO_MANY_REQUESTS, b""), Failure::Retry(_)));
-    }
-}
+mod tests;
