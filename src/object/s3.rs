@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::checksum::{Algorithm, ChecksumType, ObjectChecksum, Part};
 
 use super::get::{self, Declined, GetPath};
-use super::retry::{retry_bodies, source_chain};
+use super::retry::{retry_bodies, sort_answer, source_chain};
 pub use super::retry::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, MAX_ATTEMPTS, OPERATION_TIMEOUT};
 use super::{check_body_len, BoxFuture, ListPage, ObjectClient, ObjectError, ObjectInfo};
 
@@ -183,8 +183,7 @@ fn to_system_time(t: Option<&DateTime>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// Sorts an SDK error into the variants callers act on. HeadObject errors carry no body, so the
-/// HTTP status decides when there is no error code.
+/// Sorts an SDK error into the variants callers act on ([`sort_answer`]).
 pub(crate) fn classify<E>(what: &str, err: SdkError<E, HttpResponse>) -> ObjectError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -198,14 +197,7 @@ where
     if matches!(err, SdkError::DispatchFailure(_)) && detail.contains("no credentials found") {
         return ObjectError::AccessDenied(format!("{what}: no AWS credentials found"));
     }
-    match (code.as_deref(), status) {
-        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, Some(404)) => ObjectError::NotFound(detail),
-        (Some("PreconditionFailed"), _) | (_, Some(412)) => ObjectError::PreconditionFailed(detail),
-        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, Some(403)) => {
-            ObjectError::AccessDenied(detail)
-        }
-        _ => ObjectError::Other(detail),
-    }
+    sort_answer(code.as_deref(), status, detail)
 }
 
 /// Picks the checksum headers out of a HeadObject or GetObject response: the two SDK types
@@ -410,9 +402,10 @@ impl S3Client {
         if let Some(get) = &self.get {
             let got = get.get(key, etag, None, true).await?;
             let header = |name: &str| got.headers.get(name).and_then(|v| v.to_str().ok());
-            let headers = OwnedChecksumHeaders {
-                values: CHECKSUM_HEADERS.map(|name| header(name).map(str::to_owned)),
-                kind: header("x-amz-checksum-type").map(S3ChecksumType::from),
+            let kind = header("x-amz-checksum-type").map(S3ChecksumType::from);
+            let headers = ChecksumHeaders {
+                values: CHECKSUM_HEADERS.map(header),
+                kind: kind.as_ref(),
                 encrypted: encrypted(
                     header("x-amz-server-side-encryption").map(ServerSideEncryption::from).as_ref(),
                     header("x-amz-server-side-encryption-customer-algorithm"),
@@ -420,7 +413,7 @@ impl S3Client {
             };
             let expected_len = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             check_body_len(&(0..expected_len), &got.body)?;
-            let checksum = self.resolve(key, etag, headers.borrowed()).await?;
+            let checksum = self.resolve(key, etag, headers).await?;
             return Ok((got.body, checksum));
         }
         let what = format!("GetObject s3://{}/{key}", self.bucket);

@@ -33,7 +33,7 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::retry::{jitter, source_chain as chain, ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, OPERATION_TIMEOUT};
+use super::retry::{sort_answer, source_chain as chain, Backoff, ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, OPERATION_TIMEOUT};
 use super::ObjectError;
 
 /// Credentials are refreshed this long before they expire, so no request is signed with
@@ -185,7 +185,7 @@ impl GetPath {
             None => format!("GetObject {key}"),
         };
         let attempts = async {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::from(Duration::from_millis(100));
             for n in 1..=self.attempts {
                 let failure = match tokio::time::timeout(self.attempt_timeout, self.attempt(key, etag, range.clone(), checksums)).await {
                     Ok(Ok(answer)) => return Ok(answer),
@@ -195,8 +195,7 @@ impl GetPath {
                 match failure {
                     Failure::Retry(e) if n < self.attempts => {
                         tracing::debug!(attempt = n, "retrying after {e}");
-                        tokio::time::sleep(backoff.mul_f64(jitter())).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        backoff.wait().await;
                     }
                     Failure::Retry(e) | Failure::Final(e) => return Err(e),
                 }
@@ -327,8 +326,8 @@ impl Credentials {
     }
 }
 
-/// An error answer, sorted as [`super::s3::classify`] sorts the SDK's: by S3's error code, else
-/// by the status. Throttling, timeouts and server errors are retried.
+/// An error answer, sorted by [`sort_answer`] as the SDK's are; throttling, timeouts and server
+/// errors are retried first (a 404 or 412 never is).
 fn refused(uri: &str, status: StatusCode, body: &[u8]) -> Failure {
     let text = String::from_utf8_lossy(body);
     let element = |name: &str| {
@@ -338,16 +337,13 @@ fn refused(uri: &str, status: StatusCode, body: &[u8]) -> Failure {
     };
     let code = element("Code");
     let detail = format!("GetObject {uri}: {}", element("Message").or(code.clone()).unwrap_or_else(|| status.to_string()));
-    match (code.as_deref(), status.as_u16()) {
-        (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, 404) => Failure::Final(ObjectError::NotFound(detail)),
-        (Some("PreconditionFailed"), _) | (_, 412) => Failure::Final(ObjectError::PreconditionFailed(detail)),
-        (Some("SlowDown" | "Throttling" | "RequestTimeout" | "RequestTimeTooSkewed" | "InternalError"), _) | (_, 408 | 429 | 500..=599) => {
-            Failure::Retry(ObjectError::Other(detail))
-        }
-        (Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"), _) | (_, 403) => {
-            Failure::Final(ObjectError::AccessDenied(detail))
-        }
-        _ => Failure::Final(ObjectError::Other(detail)),
+    let retryable =
+        matches!(code.as_deref(), Some("SlowDown" | "Throttling" | "RequestTimeout" | "RequestTimeTooSkewed" | "InternalError"))
+            || matches!(status.as_u16(), 408 | 429 | 500..=599);
+    match sort_answer(code.as_deref(), Some(status.as_u16()), detail.clone()) {
+        e @ (ObjectError::NotFound(_) | ObjectError::PreconditionFailed(_)) => Failure::Final(e),
+        _ if retryable => Failure::Retry(ObjectError::Other(detail)),
+        e => Failure::Final(e),
     }
 }
 
