@@ -4,6 +4,8 @@
 //! of hoardfs talks to it through a bounded channel plus a oneshot reply per operation. The
 //! bounded channel is the backpressure: when the ring is saturated, callers wait.
 //!
+//! Writes of at most [`INLINE_WRITE_MAX`] bytes skip the ring: see [`UringEngine::write_at`].
+//!
 //! Each operation carries a `dup` of the caller's file descriptor, which the ring thread wraps and
 //! closes when the operation ends. That costs one `fcntl` and one `close` (about a microsecond)
 //! and means the ring holds no descriptor of an evicted file after its last operation, so deleted
@@ -26,6 +28,17 @@ enum Op {
     Read { file: File, offset: u64, len: usize, reply: oneshot::Sender<io::Result<Bytes>> },
     Write { file: File, offset: u64, data: Bytes, reply: oneshot::Sender<io::Result<()>> },
 }
+
+/// Writes up to this size are made in the calling task with `pwrite`, not on the ring.
+///
+/// A write of fetched bytes is a buffered write: a copy into the page cache, which ext4 cannot
+/// do without blocking and so io_uring hands to one of its io-wq kernel threads. On the ring it
+/// costs a wake-up of the ring thread, one of an io-wq worker and one back, which for a small
+/// file's one block is more CPU than the copy: a cold epoch of 20,000 × 16 KiB objects spent
+/// 255-270 µs of daemon CPU per file with every write on the ring and 204-214 µs with plain
+/// `pwrite` (docs/DESIGN.md, "Small writes skip the ring"). Larger writes (the blocks of a big
+/// object's coalesced GET) stay on the ring, where the copy overlaps the next GET's hashing.
+pub const INLINE_WRITE_MAX: usize = 128 << 10;
 
 /// Handle to the ring thread; cloning the sender is all a caller needs.
 pub struct UringEngine {
@@ -102,6 +115,9 @@ impl IoEngine for UringEngine {
     }
 
     fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> BoxFuture<'static, io::Result<()>> {
+        if data.len() <= INLINE_WRITE_MAX {
+            return super::psync::PsyncEngine.write_at(file, offset, data);
+        }
         let tx = self.tx.clone();
         let file = file.try_clone();
         Box::pin(async move {
