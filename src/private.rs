@@ -24,6 +24,22 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(path)
 }
 
+/// Creates (or truncates) `path` for reading and writing with [`FILE_MODE`]. Missing parents
+/// are made (with [`DIR_MODE`]) only when the open finds one missing: a cache creates a file
+/// per object, and a `mkdir` plus `stat` of its parent before each would cost more than the
+/// open itself.
+pub fn create_private_rw(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(FILE_MODE).open(path);
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_private_dir_all(path.parent().unwrap_or(path))?;
+            open()
+        }
+        other => other,
+    }
+}
+
 /// Writes `bytes` to a new private file at `path` (replacing it).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     create_private(path)?.write_all(bytes)

@@ -345,10 +345,8 @@ impl BlockCache {
             etag: info.etag.clone(),
         };
         let io_err = |source| CacheError::Io { path: data_path.display().to_string(), source };
-        store::create_private_dir_all(data_path.parent().expect("data files live in a shard")).map_err(io_err)?;
-        let f = Self::shedding_on_emfile(&mut state, || store::create_private(&data_path)).map_err(io_err)?;
-        f.set_len(info.size).map_err(io_err)?;
-        drop(f);
+        let data = Self::shedding_on_emfile(&mut state, || store::create_private_rw(&data_path)).map_err(io_err)?;
+        data.set_len(info.size).map_err(io_err)?;
         let mut index = match ObjectIndex::create(&self.catalog, &id, header) {
             Ok(index) => index,
             Err(e) => {
@@ -363,7 +361,6 @@ impl BlockCache {
         if index.header().checksum.algorithm == crate::checksum::Algorithm::None {
             index.set_verify_state(VerifyState::Unverifiable);
         }
-        let data = Self::shedding_on_emfile(&mut state, || OpenOptions::new().read(true).write(true).open(&data_path)).map_err(io_err)?;
         Ok(self.activate(&mut state, id, index, data, data_path, false))
     }
 

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-pub use crate::private::{create_private, create_private_dir_all, write_private, FILE_MODE};
+pub use crate::private::{create_private, create_private_dir_all, create_private_rw, write_private, FILE_MODE};
 
 /// The directory format this hoardfs writes: 2, indexes in the catalog (1 had an index file
 /// per object, and is upgraded in place by the first writer).
