@@ -460,6 +460,11 @@ impl HoardFs {
         Ok((info, held))
     }
 
+    /// Whether an open (a reader's, or another hint's) is making this object's cache entry now.
+    pub fn opening(&self, info: &ObjectInfo) -> bool {
+        self.fetcher.creating(info)
+    }
+
     /// Fetches a hinted object whole into the cache, verified, and has the kernel read the first
     /// [`HINT_READAHEAD`] bytes of its data file into the page cache: its reader's open (and,
     /// after a remount, the check of its blocks at open) then waits for no disk read.

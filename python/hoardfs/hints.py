@@ -1,6 +1,6 @@
 """Access-order hints: telling a mount which files the next epoch reads, in order.
 
-A mount with hints on (the default, `--prefetch-hints 8`) has a write-only control file at its
+A mount with hints on (the default, `--prefetch-hints 32`) has a write-only control file at its
 root. Writing paths to it, one per line, makes hoardfs fetch those files ahead, in order,
 several at a time, so a cold epoch of small files runs at network speed instead of at one S3
 round trip per file. Opening it with truncation (what `hint` does) replaces any order not yet

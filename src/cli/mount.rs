@@ -77,7 +77,9 @@ pub struct MountArgs {
     /// Serve Prometheus metrics on this address, such as 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Most ranged GETs in flight at once.
+    /// Most ranged GETs in flight at once. (A small object, of one block, is fetched whole by
+    /// its open; those GETs are bounded by the opens in flight: --fuse-threads and
+    /// --prefetch-hints.)
     #[arg(long, value_name = "N", default_value_t = crate::fetch::DEFAULT_MAX_CONCURRENT_GETS)]
     pub max_concurrent_gets: usize,
     /// Largest single GET: runs of missing neighbouring blocks are fetched together up to this
@@ -108,8 +110,10 @@ pub struct MountArgs {
     pub fuse_threads: usize,
     /// Files fetched ahead at once from the prefetch control file: write the paths a job will
     /// read next, one per line, to MOUNTPOINT/.hoardfs-prefetch and they are fetched in that
-    /// order (opening it with truncation replaces the pending list). 0 turns the control file
-    /// off and mounts with the kernel's read-only flag.
+    /// order (opening it with truncation replaces the pending list). Each cold small file is one
+    /// GET round trip, so this should be well above the job's readers (DataLoader workers) for
+    /// hints to get ahead of them. 0 turns the control file off and mounts with the kernel's
+    /// read-only flag.
     #[arg(long, value_name = "N", default_value_t = crate::hints::DEFAULT_PARALLEL_FILES)]
     pub prefetch_hints: usize,
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.

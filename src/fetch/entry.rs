@@ -54,6 +54,12 @@ impl Fetcher {
         result
     }
 
+    /// Whether some task is making this object version's cache entry right now (for an object
+    /// of one block, fetching it whole): a caller with no need to wait for it can move on.
+    pub fn creating(&self, info: &ObjectInfo) -> bool {
+        self.creating.lock().unwrap().contains_key(&(info.key.clone(), info.etag.clone()))
+    }
+
     /// [`BlockCache::open_existing`], on a blocking thread unless the entry is in memory or
     /// absent: a cold index read is a random disk read, which must not stall a runtime worker
     /// (opens of many objects then overlap on the disk, as the readers' own reads do). An object

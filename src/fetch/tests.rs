@@ -142,7 +142,13 @@ impl ObjectClient for HeldGets {
         key: &str,
         etag: &str,
     ) -> crate::object::BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>> {
-        self.inner.get_whole(key, etag)
+        self.started.send_modify(|s| s.push(key.to_string()));
+        let mut open = self.open.subscribe();
+        let fut = self.inner.get_whole(key, etag);
+        Box::pin(async move {
+            let _ = open.wait_for(|o| *o).await;
+            fut.await
+        })
     }
 
     fn list(
@@ -159,13 +165,9 @@ impl ObjectClient for HeldGets {
     }
 }
 
-#[tokio::test]
-async fn a_reader_s_miss_finds_a_get_slot_while_read_ahead_holds_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = Arc::new(MemoryClient::new("b"));
-    let ahead_info = mem.put("ahead", pattern(BS * 10, 1));
-    let other_body = pattern(BS * 2, 2);
-    let other_info = mem.put("other", other_body.clone());
+/// A fetcher of four GET slots and one-block GETs over `mem`, whose GETs answer while
+/// `HeldGets::open` is true (as it is at first).
+fn held_fetcher(dir: &std::path::Path, mem: Arc<MemoryClient>) -> (Arc<Fetcher>, Arc<HeldGets>) {
     let held = Arc::new(HeldGets {
         inner: mem,
         started: tokio::sync::watch::Sender::new(Vec::new()),
@@ -173,16 +175,43 @@ async fn a_reader_s_miss_finds_a_get_slot_while_read_ahead_holds_the_rest() {
     });
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(
-        BlockCache::open(
-            CacheDir::open_exclusive(dir.path()).unwrap(),
-            probe(EngineChoice::Psync).unwrap(),
-            metrics.clone(),
-            small_blocks(),
-        )
-        .unwrap(),
+        BlockCache::open(CacheDir::open_exclusive(dir).unwrap(), probe(EngineChoice::Psync).unwrap(), metrics.clone(), small_blocks())
+            .unwrap(),
     );
-    // Four GETs at once, of one block each: read-ahead may hold three.
     let f = Fetcher::new(held.clone(), cache, metrics, FetchLimits { max_concurrent_gets: 4, max_get_size: BS as u64 });
+    (f, held)
+}
+
+#[tokio::test]
+async fn an_open_fetching_a_small_object_whole_is_seen_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let body = pattern(1000, 3);
+    let info = mem.put("small", body.clone());
+    let (f, held) = held_fetcher(dir.path(), mem);
+    held.open.send_replace(false);
+    assert!(!f.creating(&info));
+    let opening = tokio::spawn({
+        let (f, info) = (f.clone(), info.clone());
+        async move { f.entry(&info).await.unwrap().unwrap() }
+    });
+    held.started.subscribe().wait_for(|s| s.iter().any(|k| k == "small")).await.unwrap();
+    assert!(f.creating(&info), "a hint worker would wait behind this open instead of moving on");
+    held.open.send_replace(true);
+    let entry = opening.await.unwrap();
+    assert_eq!(entry.fresh.as_deref(), Some(&body[..]));
+    assert!(!f.creating(&info));
+}
+
+#[tokio::test]
+async fn a_reader_s_miss_finds_a_get_slot_while_read_ahead_holds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let ahead_info = mem.put("ahead", pattern(BS * 10, 1));
+    let other_body = pattern(BS * 2, 2);
+    let other_info = mem.put("other", other_body.clone());
+    // Four GETs at once, of one block each: read-ahead may hold three.
+    let (f, held) = held_fetcher(dir.path(), mem);
     assert_eq!(prefetch_slots(4), 3);
     let ahead = f.entry(&ahead_info).await.unwrap().unwrap().obj;
     let other = f.entry(&other_info).await.unwrap().unwrap().obj;
