@@ -4,12 +4,14 @@
     benches/cold.sh                                  # 20,000 x 16 KiB at 0 ms, 4,000 at 20 ms
     benches/cold.sh --delays 0,20 --rounds 3 --cache-root /mnt/nvme/bench
     HOARDFS_BIN=/path/to/hoardfs benches/cold.sh --variants "plain;hints:--prefetch-hints 8"
+    benches/cold.sh --delays 0 --rounds 3 --variants "old:/tmp/hoardfs-old;new:/tmp/hoardfs-new"
 
 Each round, per delay (the bench server answers every GET that many ms late,
 HOARDFS_BENCH_GET_DELAY_MS), with the page cache dropped before each run: `curl --parallel` with
 as many GETs in flight as there are readers (the baseline: what the readers would get from S3
 directly), then one cold epoch per variant, each on a fresh mount and an empty cache. A variant
-is `name` or `name:extra mount flags`; a name starting with `hints` also writes the epoch's order
+is `name` or `name:extra mount flags`, the flags optionally led by the path of another hoardfs
+binary (for an A/B of two builds in the same rounds); a name starting with `hints` also writes the epoch's order
 to the mount's prefetch control file first (inside the timing), as `hoardfs.HintingSampler` does.
 Reported per variant: medians of files/s, of the ratio to the round's own `curl`, and of CPU per
 file of the daemon, the server and the readers (`/proc/PID/stat`, this process's own threads).
@@ -70,6 +72,10 @@ def run_hoardfs(server, bucket, keys, name, flags, work, cache_root, seed):
     shutil.rmtree(cache, ignore_errors=True)
     mnt = os.path.join(work, "mnt-cold")
     os.makedirs(mnt, exist_ok=True)
+    binary = scale.HOARDFS
+    if flags and os.path.isabs(flags[0]):
+        binary, flags = flags[0], flags[1:]
+    scale.HOARDFS = binary  # read by scale.Hoardfs when it mounts
     h = scale.Hoardfs(server, bucket, mnt, cache, flags)
     h.mount()
     try:
@@ -110,6 +116,7 @@ def main():
     root, bucket = os.path.join(work, "s3root"), "scale"
     keys = scale.generate(root, bucket, args.objects, 100, args.size_kib << 10)
     cache_root = args.cache_root or work
+    default_binary = scale.HOARDFS
     table = {}
     for delay in [int(d) for d in args.delays.split(",")]:
         os.environ["HOARDFS_BENCH_GET_DELAY_MS"] = str(delay)
@@ -122,6 +129,7 @@ def main():
                 table.setdefault((delay, "curl"), []).append(dict(base, ratio=1.0))
                 print(f"{delay} ms round {rnd + 1}: curl {base['files/s']:.0f} files/s", flush=True)
                 for name, flags in variants(args.variants):
+                    scale.HOARDFS = default_binary
                     r = run_hoardfs(server, bucket, some, name, flags, work, cache_root, 100 + rnd)
                     r["ratio"] = r["files/s"] / base["files/s"]
                     table.setdefault((delay, name), []).append(r)
