@@ -238,6 +238,7 @@ impl HintQueue {
                         if fs.opening(&info) {
                             // A reader got there first, and its open fetches the file. Waiting for
                             // it would keep this worker in step with the readers instead of ahead.
+                            Metrics::add(&queue.metrics.hint_files_passed, 1);
                             return Ok(false);
                         }
                         if held && !queue.reader_near(&hint).await {

@@ -47,6 +47,7 @@ metrics! {
     hint_files_done => "hoardfs_hint_files_done_total", "Hinted files now complete in the cache (fetched or already there).";
     hint_files_readahead => "hoardfs_hint_files_readahead_total", "Hinted files already cached whose first MiB the kernel was asked to read into memory ahead of the reader.";
     hint_files_failed => "hoardfs_hint_files_failed_total", "Hinted files that could not be fetched (unknown path, S3 error).";
+    hint_files_passed => "hoardfs_hint_files_passed_total", "Hinted files a reader was already opening when their hint came up (the hint moved on to the next).";
     passthrough_opens => "hoardfs_passthrough_opens_total", "Opens answered with FUSE passthrough to a complete cache file.";
     shared_hits => "hoardfs_shared_hit_blocks_total", "Blocks taken from the shared tier (then verified like the origin's).";
     shared_misses => "hoardfs_shared_miss_blocks_total", "Blocks the shared tier did not hold; read from the origin.";

@@ -4,7 +4,8 @@
 //! of hoardfs talks to it through a bounded channel plus a oneshot reply per operation. The
 //! bounded channel is the backpressure: when the ring is saturated, callers wait.
 //!
-//! Writes of at most [`INLINE_WRITE_MAX`] bytes skip the ring: see [`UringEngine::write_at`].
+//! Writes of at most [`INLINE_WRITE_MAX`] bytes skip the ring: they are a `pwrite` in the calling
+//! task (see that constant for why).
 //!
 //! Each operation carries a `dup` of the caller's file descriptor, which the ring thread wraps and
 //! closes when the operation ends. That costs one `fcntl` and one `close` (about a microsecond)
