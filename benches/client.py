@@ -35,9 +35,7 @@ CLIENT = os.path.join(epochs.ROOT, "target/release/examples/client_gets")
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return epochs.proc_stats(pid)[0]
 
 
 def children_cpu():

@@ -41,9 +41,7 @@ from epochs import S3sFs, drop_page_cache, epoch  # noqa: E402
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return epochs.proc_stats(pid)[0]
 
 
 def own_cpu():
