@@ -33,10 +33,10 @@ pub const CONTROL_INO: u64 = u64::MAX - 1;
 /// ENOSPC so a runaway writer cannot grow the daemon without bound.
 pub const MAX_QUEUED: usize = 1_000_000;
 
-/// Files fetched ahead at once, by default. A cold small file costs one GET round trip, so
-/// read-ahead of small files is as fast as it has files in flight, and it must have more than the
-/// job has readers to get ahead of them at all: with as many, workers and readers move through the
-/// list in step. 4,000 × 16 KiB with every GET answered 20 ms late and 8 readers
+/// Files fetched ahead at once, by default (and objects at once by `cache warm`). A cold small
+/// file costs one GET round trip, so read-ahead of small files is as fast as it has files in
+/// flight, and it must have more than the job has readers to get ahead of them at all: with as
+/// many, workers and readers move through the list in step. 4,000 × 16 KiB with every GET answered 20 ms late and 8 readers
 /// (docs/DESIGN.md, "Hint workers ahead of the readers"): 8 direct GETs at a time 347 files/s;
 /// hinted, 8 workers 353, 16 workers 692, 32 workers 1,327. A worker holds one small object
 /// (one block) at a time; a large one's GETs share `--max-concurrent-gets`.

@@ -129,8 +129,9 @@ pub struct WarmArgs {
     /// Only the keys in --list, not the rest of the prefix.
     #[arg(long, requires = "list")]
     pub only_list: bool,
-    /// Objects fetched at once.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    /// Objects fetched at once. A small object is one GET round trip, so against S3 this, not
+    /// the bandwidth, sets how fast a prefix of small objects warms.
+    #[arg(long, value_name = "N", default_value_t = crate::hints::DEFAULT_PARALLEL_FILES)]
     pub parallel_objects: usize,
     /// Ranged GETs in flight at most.
     #[arg(long, value_name = "N", default_value_t = 32)]
