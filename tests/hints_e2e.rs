@@ -148,3 +148,57 @@ fn cached_hinted_files_are_read_into_memory_before_the_reader_opens_them() {
     assert_eq!(mount.gets(), 0);
     mount.unmount();
 }
+
+/// Polls `done` until it holds or 60 s pass; says whether it held.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn a_hint_worker_moves_past_a_file_a_reader_is_already_opening() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use common::holding::Holding;
+    use hoardfs::object::s3::S3Client;
+
+    require_fuse();
+    let server = S3Server::start();
+    let (a, b) = (bytes(1, 20 * KIB), bytes(2, 20 * KIB));
+    server.bucket("passed", &[("a.bin", a.as_slice()), ("b.bin", b.as_slice())]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let runtime = hoardfs::mount::build_runtime().unwrap();
+    let inner = runtime.block_on(S3Client::new(&server.config("passed")));
+    let client = Arc::new(Holding::new(inner, "a.bin"));
+    let mut config = hoardfs::mount::MountConfig::new(server.config("passed"), "", &mp, &tmp.path().join("cache"));
+    // One worker: if it waited behind the reader's open of a.bin, b.bin would wait too.
+    config.hint_parallel = 1;
+    let handle = hoardfs::mount::mount_with_client(config, client.clone(), runtime).unwrap();
+    let metric = |m: fn(&hoardfs::metrics::Metrics) -> &std::sync::atomic::AtomicU64| m(&handle.metrics).load(Ordering::Relaxed);
+
+    let reader = std::thread::spawn({
+        let path = mp.join("a.bin");
+        move || std::fs::read(path)
+    });
+    assert!(eventually(|| client.started.load(Ordering::SeqCst)), "the reader's open never sent its GET");
+    std::fs::write(mp.join(CONTROL_NAME), "a.bin\nb.bin\n").unwrap();
+    let moved_on = eventually(|| metric(|m| &m.hint_files_done) == 1);
+    let (passed, still_held) = (metric(|m| &m.hint_files_passed), !reader.is_finished());
+    client.release(); // before any assertion, so a failure does not leave the reader hanging
+    assert_same("a.bin", &reader.join().unwrap().unwrap(), &a);
+    assert!(moved_on, "b.bin was not fetched while the reader's GET of a.bin was held");
+    assert!(still_held, "a.bin's GET was released only now");
+    assert_eq!(passed, 1, "a.bin was being opened: its hint is left to that open");
+    assert_same("b.bin", &std::fs::read(mp.join("b.bin")).unwrap(), &b);
+    assert_eq!(handle.metrics.s3_get_requests.load(Ordering::Relaxed), 2, "one GET per file");
+    drop(handle);
+}

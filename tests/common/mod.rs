@@ -5,6 +5,7 @@
 
 pub mod cachefiles;
 pub mod corrupting;
+pub mod holding;
 pub mod localstack;
 pub mod proxy;
 
