@@ -29,18 +29,7 @@ impl<C> Holding<C> {
 }
 
 impl<C: ObjectClient> ObjectClient for Holding<C> {
-    fn head(&self, key: &str) -> BoxFuture<'_, Result<ObjectInfo, ObjectError>> {
-        self.inner.head(key)
-    }
-    fn object_checksum(&self, key: &str, etag: &str) -> BoxFuture<'_, Result<ObjectChecksum, ObjectError>> {
-        self.inner.object_checksum(key, etag)
-    }
-    fn list(&self, prefix: &str, token: Option<String>, max: Option<i32>) -> BoxFuture<'_, Result<ListPage, ObjectError>> {
-        self.inner.list(prefix, token, max)
-    }
-    fn bucket(&self) -> &str {
-        self.inner.bucket()
-    }
+    metadata_from_inner!();
     fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ObjectError>> {
         self.inner.get_range(key, etag, range)
     }
