@@ -118,19 +118,25 @@ struct HeldGets {
     open: tokio::sync::watch::Sender<bool>,
 }
 
+impl HeldGets {
+    /// `get`, counted as started for `key` now and answered once `open` is true.
+    fn held<'a, T: 'a>(&self, key: &str, get: crate::object::BoxFuture<'a, T>) -> crate::object::BoxFuture<'a, T> {
+        self.started.send_modify(|s| s.push(key.to_string()));
+        let mut open = self.open.subscribe();
+        Box::pin(async move {
+            let _ = open.wait_for(|o| *o).await;
+            get.await
+        })
+    }
+}
+
 impl ObjectClient for HeldGets {
     fn head(&self, key: &str) -> crate::object::BoxFuture<'_, Result<ObjectInfo, ObjectError>> {
         self.inner.head(key)
     }
 
     fn get_range(&self, key: &str, etag: &str, range: Range<u64>) -> crate::object::BoxFuture<'_, Result<Bytes, ObjectError>> {
-        self.started.send_modify(|s| s.push(key.to_string()));
-        let mut open = self.open.subscribe();
-        let fut = self.inner.get_range(key, etag, range);
-        Box::pin(async move {
-            let _ = open.wait_for(|o| *o).await;
-            fut.await
-        })
+        self.held(key, self.inner.get_range(key, etag, range))
     }
 
     fn object_checksum(&self, key: &str, etag: &str) -> crate::object::BoxFuture<'_, Result<crate::checksum::ObjectChecksum, ObjectError>> {
@@ -142,13 +148,7 @@ impl ObjectClient for HeldGets {
         key: &str,
         etag: &str,
     ) -> crate::object::BoxFuture<'_, Result<(Bytes, crate::checksum::ObjectChecksum), ObjectError>> {
-        self.started.send_modify(|s| s.push(key.to_string()));
-        let mut open = self.open.subscribe();
-        let fut = self.inner.get_whole(key, etag);
-        Box::pin(async move {
-            let _ = open.wait_for(|o| *o).await;
-            fut.await
-        })
+        self.held(key, self.inner.get_whole(key, etag))
     }
 
     fn list(
