@@ -49,11 +49,14 @@ def own_cpu():
     return t.user + t.system, t.children_user + t.children_system
 
 
-def variants(spec):
+def variants(spec, default_binary):
+    """(name, binary, mount flags) of each variant in `spec`."""
     out = []
     for v in filter(None, spec.split(";")):
         name, _, flags = v.partition(":")
-        out.append((name.strip(), flags.split()))
+        flags = flags.split()
+        binary = flags.pop(0) if flags and os.path.isabs(flags[0]) else default_binary
+        out.append((name.strip(), binary, flags))
     return out
 
 
@@ -65,14 +68,11 @@ def run_curl(server, bucket, keys, readers):
             "client us": 1e6 * (own_cpu()[1] - c0) / n}
 
 
-def run_hoardfs(server, bucket, keys, name, flags, work, cache_root, seed):
+def run_hoardfs(server, bucket, keys, name, binary, flags, work, cache_root, seed):
     cache = os.path.join(cache_root, "cache-cold")
     shutil.rmtree(cache, ignore_errors=True)
     mnt = os.path.join(work, "mnt-cold")
     os.makedirs(mnt, exist_ok=True)
-    binary = scale.HOARDFS
-    if flags and os.path.isabs(flags[0]):
-        binary, flags = flags[0], flags[1:]
     scale.HOARDFS = binary  # read by scale.Hoardfs when it mounts
     h = scale.Hoardfs(server, bucket, mnt, cache, flags)
     h.mount()
@@ -107,14 +107,13 @@ def main():
     ap.add_argument("--work", default=None, help="default: /var/tmp/hoardfs-scale-<objects>")
     ap.add_argument("--cache-root", default=None, help="where the mounts' caches go (default: the work dir)")
     args = ap.parse_args()
-    if epochs.READERS != args.readers:
-        epochs.READERS = args.readers
+    epochs.READERS = args.readers  # read by epochs.epoch
     work = args.work or f"/var/tmp/hoardfs-scale-{args.objects // 1000}k"
     scale.bench_env(work)
     root, bucket = os.path.join(work, "s3root"), "scale"
     keys = scale.generate(root, bucket, args.objects, 100, args.size_kib << 10)
     cache_root = args.cache_root or work
-    default_binary = scale.HOARDFS
+    runs = variants(args.variants, scale.HOARDFS)
     table = {}
     for delay in [int(d) for d in args.delays.split(",")]:
         os.environ["HOARDFS_BENCH_GET_DELAY_MS"] = str(delay)
@@ -124,12 +123,11 @@ def main():
             for rnd in range(args.rounds):
                 drop_page_cache()
                 base = run_curl(server, bucket, some, args.readers)
-                table.setdefault((delay, "curl"), []).append(dict(base, ratio=1.0))
+                table.setdefault((delay, "curl"), []).append(dict(base, ratio=1.0, files=len(some)))
                 print(f"{delay} ms round {rnd + 1}: curl {base['files/s']:.0f} files/s", flush=True)
-                for name, flags in variants(args.variants):
-                    scale.HOARDFS = default_binary
-                    r = run_hoardfs(server, bucket, some, name, flags, work, cache_root, 100 + rnd)
-                    r["ratio"] = r["files/s"] / base["files/s"]
+                for name, binary, flags in runs:
+                    r = run_hoardfs(server, bucket, some, name, binary, flags, work, cache_root, 100 + rnd)
+                    r["ratio"], r["files"] = r["files/s"] / base["files/s"], len(some)
                     table.setdefault((delay, name), []).append(r)
                     print(f"{delay} ms round {rnd + 1}: {name} {r['files/s']:.0f} files/s ({r['ratio']:.2f}x)", flush=True)
         finally:
@@ -139,7 +137,7 @@ def main():
     print(f"{'delay':>6} {'run':10} {'files':>6} {'files/s':>8} {'x curl':>7} {'daemon':>8} {'server':>8} {'readers':>8}  (CPU µs per file)")
     med = statistics.median
     for (delay, name), rows in table.items():
-        n = len(keys) if delay == 0 else min(len(keys), args.delayed_objects)
+        n = rows[0]["files"]
         client = med(r["client us"] for r in rows) if name == "curl" else med(r["readers us"] for r in rows)
         daemon = "" if name == "curl" else f"{med(r['daemon us'] for r in rows):.0f}"
         print(f"{delay:>4}ms {name:10} {n:>6} {med(r['files/s'] for r in rows):>8.0f} {med(r['ratio'] for r in rows):>6.2f}x "
