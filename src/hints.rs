@@ -14,13 +14,14 @@
 //! read ahead what would be evicted before use; files the cache lacks are fetched at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::fs::HoardFs;
 use crate::metrics::Metrics;
+use crate::progress::Progress;
 
 /// Name of the control file in the mount's root. It is not listed by `readdir`, and it hides an
 /// S3 object of the same name at the root.
@@ -69,13 +70,9 @@ struct Pending {
 pub struct HintQueue {
     queue: Mutex<Pending>,
     wake: Notify,
-    /// Files the job opened since the list began: where its reader is in the list.
-    opened: AtomicU64,
-    /// Woken by opens while a worker waits for the reader to come near.
-    reader: Notify,
-    /// Workers waiting in [`Self::reader_near`]: an open wakes them only if there are any, so
-    /// the FUSE threads' opens share no lock while nobody waits.
-    waiting: AtomicUsize,
+    /// Files the job opened since the list began: where its reader is in the list. The FUSE
+    /// threads' opens advance it without sharing a lock.
+    opened: Progress,
     /// Partial last line of each open writer, completed by its next write or its close.
     writers: Mutex<HashMap<u64, Vec<u8>>>,
     next_fh: AtomicU64,
@@ -105,9 +102,7 @@ impl HintQueue {
         Arc::new(Self {
             queue: Mutex::default(),
             wake: Notify::new(),
-            opened: AtomicU64::new(0),
-            reader: Notify::new(),
-            waiting: AtomicUsize::new(0),
+            opened: Progress::default(),
             writers: Mutex::default(),
             next_fh: AtomicU64::new(1),
             mountpoint,
@@ -129,44 +124,27 @@ impl HintQueue {
     pub fn clear(&self) {
         let mut q = self.queue.lock().unwrap();
         *q = Pending { list: q.list + 1, ..Pending::default() };
-        self.opened.store(0, Ordering::Relaxed);
+        self.opened.reset(); // workers waiting on the old list let go of its paths
         drop(q);
-        self.reader.notify_waiters(); // workers waiting on the old list let go of its paths
     }
 
     /// A file of the mount was opened (by the job's reader, as far as the queue can tell).
     pub fn opened(&self) {
-        // SeqCst here and in `reader_near`: either the waiter sees this open, or this open sees
-        // the waiter (which registered for the wake-up before looking).
-        self.opened.fetch_add(1, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.reader.notify_waiters();
-        }
+        self.opened.add(1);
     }
 
     /// Waits until the reader is within [`LOOKAHEAD_FILES`] of `hint`; `false` if its list was
     /// replaced meanwhile (the hint is then dropped).
     async fn reader_near(&self, hint: &Hint) -> bool {
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        loop {
-            let notified = self.reader.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable(); // registered before the check: no open is missed
-            if self.queue.lock().unwrap().list != hint.list {
-                return false;
-            }
-            if hint.seq < self.opened.load(Ordering::SeqCst) + LOOKAHEAD_FILES {
-                return true;
-            }
-            notified.await;
-        }
+        self.opened
+            .wait_for(|opened| {
+                if self.queue.lock().unwrap().list != hint.list {
+                    Some(false)
+                } else {
+                    (hint.seq < opened + LOOKAHEAD_FILES).then_some(true)
+                }
+            })
+            .await
     }
 
     /// Takes `data` from writer `fh`: complete lines are queued, a partial one kept.
@@ -332,7 +310,7 @@ mod tests {
         q.open(true); // the next epoch's order replaces this one
         assert!(!waiting.await.unwrap(), "a hint of a replaced list is dropped, not taken up");
         let again = taken(&q, 1).await;
-        assert_eq!((again[0].seq, q.opened.load(Ordering::Relaxed)), (0, 0), "the new list counts from its start");
+        assert_eq!((again[0].seq, q.opened.get()), (0, 0), "the new list counts from its start");
     }
 
     #[test]

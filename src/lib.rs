@@ -30,6 +30,7 @@ pub mod object;
 pub mod passthrough;
 pub mod prefetch;
 pub mod private;
+pub mod progress;
 pub mod shared;
 #[cfg(test)]
 pub(crate) mod testing;
