@@ -59,6 +59,17 @@ impl BlockCache {
         self.judge(obj, b, read)
     }
 
+    /// Reads every present block of `obj` from disk, so that the page cache holds the object,
+    /// and checks each block's blake3 on the way, checked in this mount or not (as a small
+    /// file's open does when its bytes come off the disk: bit rot since the last check is caught
+    /// before the kernel serves the bytes from memory). A mismatch clears the block; a read
+    /// error is left for the open's own read to meet and report.
+    pub async fn read_ahead(&self, obj: &CachedObject) {
+        for b in 0..obj.block_count() {
+            self.read_verified(obj, b).await;
+        }
+    }
+
     /// [`Self::read_verified`] with a plain `pread` on the calling thread, for every present
     /// block not yet checked in this mount: for the open of a small object on the FUSE thread,
     /// where a hop to the I/O engine's thread and back would cost more than the read.

@@ -65,7 +65,7 @@ impl Fetcher {
     /// (opens of many objects then overlap on the disk, as the readers' own reads do). An object
     /// the entry table does not name has nothing on disk to read, so a cold file's open skips
     /// the hop to a blocking thread and back.
-    async fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
+    pub async fn open_existing(&self, bucket: &str, info: &ObjectInfo) -> Result<Option<Arc<CachedObject>>, CacheError> {
         if let Some(obj) = self.cache.open_in_memory(bucket, info) {
             return Ok(Some(obj));
         }

@@ -330,6 +330,23 @@ impl Meta {
         self.tables.lock().unwrap().map(listing, from, max, f)
     }
 
+    /// The directory that holds `key`, if this mount has met it (its inode is not made here).
+    pub fn parent_of(&self, key: &str) -> Option<u64> {
+        let dir = &key[..key.rfind('/').map_or(0, |slash| slash + 1)];
+        self.tables.lock().unwrap().find(true, dir).ok()
+    }
+
+    /// The files among a listing's entries, with their inodes (subdirectories left out).
+    pub fn files_of(&self, listing: &DirListing) -> Vec<(u64, ObjectInfo)> {
+        self.map_entries(listing, 0, usize::MAX, |_, node| match &node.kind {
+            NodeKind::File { info } => Some((node.ino, info.clone())),
+            NodeKind::Dir { .. } => None,
+        })
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// The object behind file `ino`, re-checked with HEAD when its facts are older than the TTL
     /// (so an overwrite in S3 is picked up at the next open).
     pub async fn open_file(&self, ino: u64) -> Result<ObjectInfo, MetaError> {
