@@ -72,6 +72,10 @@ pub struct MountConfig {
     /// that open is already passthrough); larger ones are checked in the background from their
     /// first open. Default: [`crate::fs::DEFAULT_CHECK_AT_OPEN_MAX`] (1 GiB).
     pub check_at_open_max: u64,
+    /// Bytes of a directory's cached small files read into memory ahead of their readers' opens,
+    /// by passes that an open finding its bytes on disk starts ([`crate::fs`]'s `ahead`); 0 turns
+    /// them off. Default: [`crate::fs::DEFAULT_DIR_READ_AHEAD`] (1 GiB).
+    pub dir_read_ahead: u64,
     /// Kernel read-ahead for the mount, in KiB, set after mounting (the kernel's FUSE default is
     /// 128 KiB, which caps daemon-path reads at about 1.2 GB/s here). Default: 1024.
     pub read_ahead_kb: Option<u32>,
@@ -99,6 +103,7 @@ impl MountConfig {
             verify: VerifyPolicy::default(),
             passthrough: true,
             check_at_open_max: crate::fs::DEFAULT_CHECK_AT_OPEN_MAX,
+            dir_read_ahead: crate::fs::DEFAULT_DIR_READ_AHEAD,
             read_ahead_kb: Some(1024),
             shared: None,
         }
@@ -263,8 +268,13 @@ pub fn mount_with_client(
     let meta = Meta::new(client.clone(), &config.prefix, config.metadata_ttl, Some(store)).with_offline_catalog(catalog);
     let fs = Arc::new(
         HoardFs::new(meta, cache, fetcher, verifier, config.s3.bucket.clone(), config.prefetch)
-            .with_passthrough(config.passthrough, config.check_at_open_max),
+            .with_passthrough(config.passthrough, config.check_at_open_max)
+            .with_dir_read_ahead(config.dir_read_ahead),
     );
+    {
+        let _guard = runtime.enter();
+        fs.spawn_dir_read_ahead();
+    }
 
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(

@@ -182,7 +182,9 @@ fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
     upload_many(&server, "read-at-open", &objects);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
-    let mount = TestMount::new(&server, "read-at-open", &cache, tmp.path());
+    // Without directory read-ahead, which would read (and check) the evicted files before
+    // their opens do (tests/read_ahead_e2e.rs).
+    let mount = TestMount::with(&server, "read-at-open", &cache, tmp.path(), |c| c.dir_read_ahead = 0);
     read_all_parallel(&mount.mountpoint, &objects, 4);
     let files = data_files(&cache);
     assert_eq!(files.len(), 20);

@@ -116,6 +116,13 @@ pub struct MountArgs {
     /// read-only flag.
     #[arg(long, value_name = "N", default_value_t = crate::hints::DEFAULT_PARALLEL_FILES)]
     pub prefetch_hints: usize,
+    /// An open of a cached small file whose bytes are on disk only starts reading the rest of
+    /// its directory's cached small files (up to 8 MiB each) into memory in the background, so
+    /// their opens and reads wait for no disk (an epoch reads whole directories, in an order the
+    /// mount is not told). This bounds, in MiB, what is read ahead of the readers' opens: the
+    /// page cache it may fill with bytes not yet read. 0 turns it off.
+    #[arg(long, value_name = "MIB", default_value_t = crate::fs::DEFAULT_DIR_READ_AHEAD >> 20)]
+    pub dir_read_ahead_mib: u64,
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -150,6 +157,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     config.fuse_threads = args.fuse_threads;
     config.hint_parallel = args.prefetch_hints;
     config.passthrough = args.passthrough == OnOff::On;
+    config.dir_read_ahead = args.dir_read_ahead_mib.saturating_mul(1 << 20);
     config.read_ahead_kb = Some(args.read_ahead_kb);
     config.shared = shared;
     let handle = mount(config)?;

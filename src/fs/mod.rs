@@ -22,7 +22,11 @@ use crate::prefetch::{PrefetchConfig, Prefetcher};
 use crate::uncached::UncachedReads;
 use crate::verify::{Verifier, VerifyError};
 
+mod ahead;
 mod open;
+
+use ahead::DirReadAhead;
+pub use ahead::{DEFAULT_DIR_READ_AHEAD, DIR_READ_AHEAD_FILE_MAX};
 
 /// An error with the errno the kernel should see.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,8 @@ pub struct HoardFs {
     next_fh: AtomicU64,
     passthrough: bool,
     check_at_open_max: u64,
+    /// Directories read into memory ahead of their readers.
+    ahead: DirReadAhead,
 }
 
 impl HoardFs {
@@ -180,6 +186,7 @@ impl HoardFs {
             next_fh: AtomicU64::new(1),
             passthrough: true,
             check_at_open_max: DEFAULT_CHECK_AT_OPEN_MAX,
+            ahead: DirReadAhead::new(DEFAULT_DIR_READ_AHEAD),
         }
     }
 
@@ -189,6 +196,13 @@ impl HoardFs {
     pub fn with_passthrough(mut self, enabled: bool, check_at_open_max: u64) -> Self {
         self.passthrough = enabled;
         self.check_at_open_max = check_at_open_max;
+        self
+    }
+
+    /// How many bytes of a directory's files may be read into memory ahead of their readers'
+    /// opens ([`ahead`]); 0 turns it off. Default: [`DEFAULT_DIR_READ_AHEAD`].
+    pub fn with_dir_read_ahead(mut self, budget: u64) -> Self {
+        self.ahead = DirReadAhead::new(budget);
         self
     }
 

@@ -32,6 +32,9 @@ impl HoardFs {
         })?;
         let obj = obj.map(|entry| entry.obj);
         if let Ok(obj) = &obj {
+            if self.starts_cold(obj) {
+                self.read_ahead_of(ino, &info);
+            }
             // A mismatch clears the block; the object is then not complete and is served (and
             // repaired) through the daemon.
             if self.check_at_open(obj) {
@@ -60,14 +63,18 @@ impl HoardFs {
     /// `benches/ab.py`: warm 0.75x → 0.83x raw. When the bytes are already in memory (a dataset
     /// that fits in RAM), re-reading them at every open cost 0.65x → 0.53x of a raw epoch from the
     /// page cache, so a one-byte read that may not wait (`RWF_NOWAIT`) decides.
-    fn read_at_open(&self, obj: &CachedObject) -> bool {
-        let h = obj.header();
-        self.passthrough
-            && h.object_size <= READ_AT_OPEN_MAX
-            && obj.block_count() == 1
-            && obj.is_complete()
-            && self.verifier.servable(obj)
-            && !obj.starts_in_memory()
+    /// `cold` is [`Self::starts_cold`]'s answer.
+    fn read_at_open(&self, obj: &CachedObject, cold: bool) -> bool {
+        cold && obj.header().object_size <= READ_AT_OPEN_MAX && obj.block_count() == 1
+    }
+
+    /// Whether a small object the kernel could read directly (now, or once checked) has its
+    /// bytes on disk only: then its reader is about to wait for the disk, and so, probably, are
+    /// the readers of its directory's other files ([`super::ahead`]).
+    pub(super) fn starts_cold(&self, obj: &CachedObject) -> bool {
+        let size = obj.header().object_size;
+        let small = size <= READ_AT_OPEN_MAX || (self.ahead.enabled() && size <= super::DIR_READ_AHEAD_FILE_MAX);
+        self.passthrough && small && obj.is_complete() && self.verifier.servable(obj) && !obj.starts_in_memory()
     }
 
     /// Whether checking every block would let the kernel read the object directly.
@@ -94,6 +101,10 @@ impl HoardFs {
             Some(obj) => obj,
             None => self.cache.open_existing(&self.bucket, &info).ok().flatten()?,
         };
+        let cold = self.starts_cold(&obj);
+        if cold {
+            self.read_ahead_of(ino, &info);
+        }
         if self.check_at_open(&obj) {
             if obj.block_count() > 1 {
                 return None;
@@ -101,7 +112,7 @@ impl HoardFs {
             self.cache.check_all_now(&obj);
         } else if self.checkable(&obj) && !obj.check_pass_begun() {
             return None; // the async path starts the background pass that makes it passthrough
-        } else if self.read_at_open(&obj) {
+        } else if self.read_at_open(&obj, cold) {
             self.cache.recheck_all_now(&obj);
         }
         Some(Ok(self.register(ino, info, Ok(obj))))
@@ -110,7 +121,10 @@ impl HoardFs {
     /// Creates the handle and says whether its object may be read by the kernel directly.
     fn register(&self, ino: u64, info: ObjectInfo, obj: Result<Arc<CachedObject>, crate::cache::CacheError>) -> (u64, Option<Offer>) {
         let source = match obj {
-            Ok(obj) => Source::Cached(obj),
+            Ok(obj) => {
+                self.ahead.opened(ino);
+                Source::Cached(obj)
+            }
             Err(e) => {
                 tracing::warn!("cannot cache s3://{}/{}: {e}; reading it from S3, verified in memory", self.bucket, info.key);
                 Source::Uncached { reads: UncachedReads::default(), why: e.to_string() }

@@ -1,0 +1,100 @@
+//! Directory read-ahead: an open that finds its cached file's bytes on disk has the rest of the
+//! directory's cached small files read into memory, and checked, in the background; their opens
+//! then wait for no disk and are handed to the kernel at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits until `done` holds, failing with `what` after a minute.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
+    let server = S3Server::start();
+    let mut objects: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("train/f{i:02}"), bytes(i, 20_000 + i as usize))).collect();
+    objects.push(("other/x".into(), bytes(99, 20_000)));
+    upload_many(&server, "dir-read-ahead", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    TestMount::new(&server, "dir-read-ahead", &cache, tmp.path()).unmount_after(|m| read_all_parallel(&m.mountpoint, &objects, 4));
+    let files = data_files(&cache);
+    assert_eq!(files.len(), objects.len());
+    // Each object's data file, found by its bytes (read now: reading them later would bring
+    // them into memory).
+    let file_of: Vec<std::path::PathBuf> = objects
+        .iter()
+        .map(|(_, want)| files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("the data file of the object").clone())
+        .collect();
+    let other = &file_of[24];
+
+    // Bit rot on disk in one file the pass will read, and every file out of memory, as after
+    // a reboot.
+    let (rotten_key, rotten) = &objects[5];
+    let rotten_file = &file_of[5];
+    let mut bad = rotten.clone();
+    bad[7] ^= 0x40;
+    std::fs::write(rotten_file, &bad).unwrap();
+    files.iter().for_each(|f| evict(f));
+
+    let m = TestMount::new(&server, "dir-read-ahead", &cache, tmp.path());
+    let (first_key, first) = &objects[0];
+    assert_same(first_key, &std::fs::read(m.path(first_key)).unwrap(), first);
+    // The 23 other files of train/ (not other/x, not the file whose open started the pass).
+    wait_for("the directory pass never read the other files", || {
+        m.metric(|m| &m.dir_read_ahead_files) == 23 && m.metric(|m| &m.dir_read_ahead_passes) == 1
+    });
+    assert_eq!(m.metric(|m| &m.blake3_mismatches), 1, "the pass checked what it read, and caught the damaged file");
+    for (i, (key, _)) in objects.iter().enumerate().take(24).skip(1).filter(|(_, (key, _))| key != rotten_key) {
+        let (resident, pages) = resident_pages(&file_of[i]);
+        assert_eq!(resident, pages, "{key} was not read into memory");
+    }
+    assert_eq!(resident_pages(other).0, 0, "a file of another directory was read");
+
+    // The damaged file is fetched again at its open, and served right.
+    let gets = m.gets();
+    assert_same(rotten_key, &std::fs::read(m.path(rotten_key)).unwrap(), rotten);
+    assert_eq!(m.gets(), gets + 1, "the damaged file was fetched again");
+
+    // The other train/ opens read nothing from disk: every block was checked by the pass (or
+    // by the first open), and each open is handed to the kernel.
+    let hits = m.metric(|m| &m.cache_hit_blocks);
+    let opens = m.metric(|m| &m.passthrough_opens);
+    for (key, want) in objects.iter().take(24).filter(|(key, _)| key != rotten_key) {
+        assert_same(key, &std::fs::read(m.path(key)).unwrap(), want);
+    }
+    assert_eq!(m.metric(|m| &m.cache_hit_blocks), hits, "an open read a block the pass had read");
+    assert_eq!(m.metric(|m| &m.passthrough_opens) - opens, 23, "every open was passthrough");
+    assert_eq!(m.gets(), gets + 1);
+    m.unmount();
+}
+
+#[test]
+fn directory_read_ahead_can_be_turned_off() {
+    let server = S3Server::start();
+    let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("d/f{i}"), bytes(i, 9_000))).collect();
+    upload_many(&server, "dir-read-ahead-off", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    TestMount::new(&server, "dir-read-ahead-off", &cache, tmp.path()).unmount_after(|m| read_all_parallel(&m.mountpoint, &objects, 2));
+    data_files(&cache).iter().for_each(|f| evict(f));
+    let m = TestMount::with(&server, "dir-read-ahead-off", &cache, tmp.path(), |c| c.dir_read_ahead = 0);
+    // Every open finds its bytes on disk, reads and checks them itself, and starts no pass.
+    let hits = m.metric(|m| &m.cache_hit_blocks);
+    for (key, want) in &objects {
+        assert_same(key, &std::fs::read(m.path(key)).unwrap(), want);
+    }
+    assert_eq!(m.metric(|m| &m.cache_hit_blocks) - hits, 6, "each open read its own block");
+    assert_eq!(m.metric(|m| &m.dir_read_ahead_passes), 0);
+    let resident: usize = data_files(&cache).iter().map(|f| resident_pages(f).0).sum();
+    assert!(resident > 0, "the opens' own reads leave the bytes in memory for the kernel");
+    m.unmount();
+}
