@@ -39,11 +39,14 @@ def main():
     ap.add_argument("--dirs", type=int, default=500, help="as given to scale.py")
     ap.add_argument("--work", required=True, help="scale.py's --work dir, with its filled cache")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--readers", type=int, default=epochs.READERS,
+                    help="parallel readers per epoch (fewer than the cores' worth shows latency, more shows CPU)")
     ap.add_argument("--open", choices=("unbuffered", "buffered"), default="unbuffered",
                     help="how readers open files: open(p, 'rb', buffering=0), or Python's default "
                     "buffered open as PIL and torchvision's loader do, which also sends the file system an "
                     "ioctl (isatty) per file")
     args = ap.parse_args()
+    epochs.READERS = args.readers
     if args.open == "buffered":
         epochs.read_file = read_buffered
     scale.bench_env(args.work)

@@ -1,6 +1,6 @@
 //! Directory read-ahead: an open that finds its cached file's bytes on disk has the rest of the
-//! directory's cached small files read into memory, and checked, in the background; their opens
-//! then wait for no disk and are handed to the kernel at once.
+//! directory's cached files of 64 KiB to 8 MiB read into memory, and checked, in the background;
+//! their opens then wait for no disk and are handed to the kernel at once.
 
 mod common;
 
@@ -20,8 +20,8 @@ fn wait_for(what: &str, done: impl Fn() -> bool) {
 #[test]
 fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
     let server = S3Server::start();
-    let mut objects: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("train/f{i:02}"), bytes(i, 20_000 + i as usize))).collect();
-    objects.push(("other/x".into(), bytes(99, 20_000)));
+    let mut objects: Vec<(String, Vec<u8>)> = (0..24).map(|i| (format!("train/f{i:02}"), bytes(i, 70_000 + i as usize))).collect();
+    objects.push(("other/x".into(), bytes(99, 70_000)));
     upload_many(&server, "dir-read-ahead", &objects);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
@@ -80,7 +80,7 @@ fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
 #[test]
 fn directory_read_ahead_can_be_turned_off() {
     let server = S3Server::start();
-    let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("d/f{i}"), bytes(i, 9_000))).collect();
+    let objects: Vec<(String, Vec<u8>)> = (0..6).map(|i| (format!("d/f{i}"), bytes(i, 90_000))).collect();
     upload_many(&server, "dir-read-ahead-off", &objects);
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");

@@ -116,11 +116,12 @@ pub struct MountArgs {
     /// read-only flag.
     #[arg(long, value_name = "N", default_value_t = crate::hints::DEFAULT_PARALLEL_FILES)]
     pub prefetch_hints: usize,
-    /// An open of a cached small file whose bytes are on disk only starts reading the rest of
-    /// its directory's cached small files (up to 8 MiB each) into memory in the background, so
-    /// their opens and reads wait for no disk (an epoch reads whole directories, in an order the
-    /// mount is not told). This bounds, in MiB, what is read ahead of the readers' opens: the
-    /// page cache it may fill with bytes not yet read. 0 turns it off.
+    /// An open of a cached file of 64 KiB to 8 MiB whose bytes are on disk only starts reading
+    /// the rest of its directory's such files into memory, checked, in the background, so their
+    /// opens and reads wait for no disk (an epoch reads whole directories, in an order the mount
+    /// is not told; smaller files are read by their own open). This bounds, in MiB, what is read
+    /// ahead of the readers' opens: the page cache it may fill with bytes not yet read. 0 turns
+    /// it off.
     #[arg(long, value_name = "MIB", default_value_t = crate::fs::DEFAULT_DIR_READ_AHEAD >> 20)]
     pub dir_read_ahead_mib: u64,
     /// Log file of the background daemon. Default: DIR/hoardfs.log next to the cache.
