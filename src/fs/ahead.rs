@@ -19,9 +19,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{HoardFs, READ_AT_OPEN_MAX};
+use crate::meta::DirListing;
 use crate::metrics::Metrics;
 use crate::object::ObjectInfo;
 use crate::progress::Progress;
@@ -58,6 +59,9 @@ struct Pass {
     dir: u64,
     opened: u64,
 }
+
+/// Listing entries a pass takes up at a time.
+const LISTING_CHUNK: usize = 1024;
 
 /// The passes' bookkeeping: which directories are being passed, and how far ahead they are.
 pub struct DirReadAhead {
@@ -153,44 +157,51 @@ impl HoardFs {
         }
     }
 
-    /// Reads every cached, complete small file of directory `dir` whose bytes are not in memory
-    /// into the page cache, checking it on the way; all but file `opened`, whose open does.
+    /// Reads every cached, complete file of directory `dir` that a pass is for and whose bytes
+    /// are not in memory into the page cache, checking it on the way; all but file `opened`,
+    /// whose open does.
     #[tracing::instrument(level = "debug", skip(self))]
     async fn read_directory_ahead(self: Arc<Self>, dir: u64, opened: u64) {
         match self.meta.readdir(dir).await {
-            Ok(listing) => {
-                Metrics::add(&self.verifier.metrics().dir_read_ahead_passes, 1);
-                let mut running = tokio::task::JoinSet::new();
-                for (ino, info) in self.meta.files_of(&listing) {
-                    if ino == opened || !sized_for(info.size) || !self.cache.holds(&self.bucket, &info) {
-                        continue;
-                    }
-                    self.ahead.take(info.size).await;
-                    let Ok(permit) = Arc::clone(&self.ahead.in_flight).acquire_owned().await else { break }; // never closed
-                    let fs = Arc::clone(&self);
-                    let size = info.size;
-                    running.spawn(async move {
-                        let _permit = permit;
-                        if fs.read_one_ahead(&info).await {
-                            fs.ahead.read(ino, size);
-                            Metrics::add(&fs.verifier.metrics().dir_read_ahead_files, 1);
-                        } else {
-                            fs.ahead.given_back.add(size);
-                        }
-                    });
-                    while running.try_join_next().is_some() {}
-                }
-                while running.join_next().await.is_some() {}
-            }
+            Ok(listing) => self.pass(&listing, opened).await,
             Err(e) => tracing::debug!("no read-ahead of directory {dir}: {e}"),
         }
         self.ahead.running.lock().unwrap().remove(&dir);
     }
 
+    async fn pass(self: &Arc<Self>, listing: &DirListing, opened: u64) {
+        Metrics::add(&self.verifier.metrics().dir_read_ahead_passes, 1);
+        let mut running = tokio::task::JoinSet::new();
+        // A chunk of the listing at a time: a directory of a million files is a million
+        // ObjectInfos, which the pass need not hold at once.
+        for from in (0..listing.len()).step_by(LISTING_CHUNK) {
+            for (ino, info) in self.meta.files_of(listing, from, LISTING_CHUNK) {
+                if ino == opened || !sized_for(info.size) || !self.cache.holds(&self.bucket, &info) {
+                    continue;
+                }
+                self.ahead.take(info.size).await;
+                let Ok(permit) = Arc::clone(&self.ahead.in_flight).acquire_owned().await else { return }; // never closed
+                running.spawn(Arc::clone(self).read_one_ahead(ino, info, permit));
+                while running.try_join_next().is_some() {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Reads file `ino` ahead, holding one of the passes' places in flight, and accounts for it.
+    async fn read_one_ahead(self: Arc<Self>, ino: u64, info: ObjectInfo, _permit: OwnedSemaphorePermit) {
+        if self.read_file_ahead(&info).await {
+            self.ahead.read(ino, info.size);
+            Metrics::add(&self.verifier.metrics().dir_read_ahead_files, 1);
+        } else {
+            self.ahead.given_back.add(info.size);
+        }
+    }
+
     /// Reads one cached file into memory and checks it, unless it is there or its open would
     /// not hand it to the kernel; whether it did. (The same on a blocking thread, with `pread`s
     /// and one hop per file, was no faster.)
-    async fn read_one_ahead(&self, info: &ObjectInfo) -> bool {
+    async fn read_file_ahead(&self, info: &ObjectInfo) -> bool {
         let Ok(Some(obj)) = self.fetcher.open_existing(&self.bucket, info).await else { return false };
         if !self.starts_cold(&obj) {
             return false;

@@ -336,9 +336,10 @@ impl Meta {
         self.tables.lock().unwrap().find(true, dir).ok()
     }
 
-    /// The files among a listing's entries, with their inodes (subdirectories left out).
-    pub fn files_of(&self, listing: &DirListing) -> Vec<(u64, ObjectInfo)> {
-        self.map_entries(listing, 0, usize::MAX, |_, node| match &node.kind {
+    /// The files among a listing's entries `from..from + max`, with their inodes (subdirectories
+    /// left out).
+    pub fn files_of(&self, listing: &DirListing, from: usize, max: usize) -> Vec<(u64, ObjectInfo)> {
+        self.map_entries(listing, from, max, |_, node| match &node.kind {
             NodeKind::File { info } => Some((node.ino, info.clone())),
             NodeKind::Dir { .. } => None,
         })
