@@ -1,7 +1,8 @@
 //! Reading a directory's files into memory ahead of their opens.
 //!
-//! A small file's open that finds its bytes on disk makes its reader wait for the disk: after a remount the open reads and hashes the block before it answers (`fs/open.rs`),
-//! and otherwise the reader's first read through passthrough goes to the disk. A training job
+//! A small file's open that finds its bytes on disk makes its reader wait for the disk: after a
+//! remount the open reads and hashes the block before it answers (`fs/open.rs`), and otherwise
+//! the reader's first read through passthrough goes to the disk. A training job
 //! reads its dataset in an order the mount is not told (unless it writes hints,
 //! [`crate::hints`]), but it reads whole directories. So such an open starts a pass over the
 //! directory's other cached files: each is read into the page cache and its blocks' blake3
