@@ -17,7 +17,7 @@
 //! start after it ends, when an open finds its bytes on disk again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -70,6 +70,9 @@ pub struct DirReadAhead {
     running: Mutex<HashSet<u64>>,
     /// Files a pass read ahead and no reader has opened since, by inode, with their sizes.
     unopened: Mutex<HashMap<u64, u64>>,
+    /// Whether `unopened` has any: every open asks, and most find none (no pass, or files
+    /// under 64 KiB), so they need not share its lock.
+    any_unopened: AtomicBool,
     /// Bytes the passes took up.
     taken: AtomicU64,
     /// Bytes given back: read ahead and then opened, or taken and not read.
@@ -89,6 +92,7 @@ impl DirReadAhead {
             budget,
             running: Mutex::default(),
             unopened: Mutex::default(),
+            any_unopened: AtomicBool::new(false),
             taken: AtomicU64::new(0),
             given_back: Progress::default(),
             in_flight: Arc::new(Semaphore::new(FILES_IN_FLIGHT)),
@@ -110,10 +114,12 @@ impl DirReadAhead {
 
     /// A reader opened file `ino`: if a pass read it, its bytes leave the budget.
     pub(super) fn opened(&self, ino: u64) {
-        if !self.enabled() {
+        if !self.any_unopened.load(Ordering::Acquire) {
             return;
         }
-        if let Some(bytes) = self.unopened.lock().unwrap().remove(&ino) {
+        let mut unopened = self.unopened.lock().unwrap();
+        if let Some(bytes) = unopened.remove(&ino) {
+            self.any_unopened.store(!unopened.is_empty(), Ordering::Release);
             self.given_back.add(bytes);
         }
     }
@@ -127,7 +133,9 @@ impl DirReadAhead {
 
     /// The bytes of file `ino` are in memory, read by a pass, until a reader opens it.
     fn read(&self, ino: u64, bytes: u64) {
-        if let Some(replaced) = self.unopened.lock().unwrap().insert(ino, bytes) {
+        let mut unopened = self.unopened.lock().unwrap();
+        self.any_unopened.store(true, Ordering::Release);
+        if let Some(replaced) = unopened.insert(ino, bytes) {
             self.given_back.add(replaced); // read by an earlier pass too, and not opened since
         }
     }
