@@ -58,7 +58,7 @@ metrics! {
     fuse_lookups => "hoardfs_fuse_lookups_total", "LOOKUP requests from the kernel (names it did not get from a directory read).";
     passthrough_releases => "hoardfs_passthrough_releases_total", "Passthrough handles whose release was matched to their open (equal to opens once all are closed).";
     fuse_flushes => "hoardfs_fuse_flushes_total", "FLUSH requests; refused as unneeded, so the kernel sends one per mount, not one per close(2).";
-    dir_read_ahead_passes => "hoardfs_dir_read_ahead_passes_total", "Passes over a directory's cached small files, started by an open that found its file's bytes on disk only.";
+    dir_read_ahead_passes => "hoardfs_dir_read_ahead_passes_total", "Passes over a directory's cached files of 64 KiB to 8 MiB that ran to the end (each started by an open that found its file's bytes on disk only).";
     dir_read_ahead_files => "hoardfs_dir_read_ahead_files_total", "Cached files a directory pass had the kernel read into memory ahead of their opens.";
     check_passes => "hoardfs_check_passes_total", "Background checks of every block of a large cached object that ran to the end (its next open is passthrough if all matched).";
     fuse_opens_inline => "hoardfs_fuse_opens_inline_total", "Opens answered on the FUSE thread (a cached entry, no S3 request, no hand-off).";

@@ -179,7 +179,6 @@ impl HoardFs {
     }
 
     async fn pass(self: &Arc<Self>, listing: &DirListing, opened: u64) {
-        Metrics::add(&self.verifier.metrics().dir_read_ahead_passes, 1);
         let mut running = tokio::task::JoinSet::new();
         // A chunk of the listing at a time: a directory of a million files is a million
         // ObjectInfos, which the pass need not hold at once.
@@ -195,6 +194,7 @@ impl HoardFs {
             }
         }
         while running.join_next().await.is_some() {}
+        Metrics::add(&self.verifier.metrics().dir_read_ahead_passes, 1);
     }
 
     /// Reads file `ino` ahead, holding one of the passes' places in flight, and accounts for it.
