@@ -149,18 +149,6 @@ fn cached_hinted_files_are_read_into_memory_before_the_reader_opens_them() {
     mount.unmount();
 }
 
-/// Polls `done` until it holds or 60 s pass; says whether it held.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 #[test]
 fn a_hint_worker_moves_past_a_file_a_reader_is_already_opening() {
     use std::sync::atomic::Ordering;

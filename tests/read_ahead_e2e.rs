@@ -4,18 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
-
-/// Waits until `done` holds, failing with `what` after a minute.
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
@@ -47,7 +36,7 @@ fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
     let m = TestMount::new(&server, "dir-read-ahead", &cache, tmp.path());
     let (first_key, first) = &objects[0];
     assert_same(first_key, &std::fs::read(m.path(first_key)).unwrap(), first);
-    wait_for("the directory pass never ended", || m.metric(|m| &m.dir_read_ahead_passes) == 1);
+    assert!(eventually(|| m.metric(|m| &m.dir_read_ahead_passes) == 1), "the directory pass never ended");
     // The pass reads the 23 other files of train/ (not other/x, not the file whose open started
     // it). A file already back in memory when the pass comes to it is left to its own open, and
     // now and then one is, evicted or not (about one evicted file in 800 on this machine; see
