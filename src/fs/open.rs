@@ -73,7 +73,7 @@ impl HoardFs {
     /// the readers of its directory's other files ([`super::ahead`]).
     pub(super) fn starts_cold(&self, obj: &CachedObject) -> bool {
         let size = obj.header().object_size;
-        let small = size <= READ_AT_OPEN_MAX || (self.ahead.enabled() && size <= super::DIR_READ_AHEAD_FILE_MAX);
+        let small = size <= READ_AT_OPEN_MAX || (self.ahead.enabled() && super::ahead::sized_for(size));
         self.passthrough && small && obj.is_complete() && self.verifier.servable(obj) && !obj.starts_in_memory()
     }
 
