@@ -89,14 +89,10 @@ impl CachedObject {
         unsafe { libc::posix_fadvise(self.data.as_raw_fd(), 0, len, libc::POSIX_FADV_WILLNEED) };
     }
 
-    /// Whether the data file's first page is in the page cache: a one-byte read that may not
-    /// wait for the disk (`RWF_NOWAIT`) succeeds. `false` also when the kernel cannot say.
+    /// Whether the data file's first page is in the page cache, asked without reading it
+    /// ([`crate::io::resident`]). `false` also when the kernel cannot say.
     pub fn starts_in_memory(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let mut byte = 0u8;
-        let iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
-        // SAFETY: one iovec over a byte this frame owns, on a descriptor this entry holds open.
-        unsafe { libc::preadv2(self.data.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) == 1 }
+        crate::io::resident::first_page_resident(&*self.data)
     }
 
     /// Whether every unit matched S3's checksum.

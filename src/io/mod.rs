@@ -6,6 +6,7 @@
 //! [`probe`] picks uring when the kernel and seccomp profile allow it, and says so when not.
 
 pub mod psync;
+pub mod resident;
 pub mod uring;
 
 use std::fs::File;
