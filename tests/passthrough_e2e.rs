@@ -222,3 +222,44 @@ fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
     assert_eq!(mount.gets(), gets + 1, "and fetched again");
     mount.unmount();
 }
+
+/// After a remount with the page cache dropped, an open of a cached object of several blocks
+/// reads every block back from disk (1 MiB reads, which go to a blocking thread's `pread`
+/// rather than the ring: `io::read_from_disk`), checks each, leaves the object in memory and
+/// hands it to the kernel. A block damaged on disk is caught there and fetched again.
+#[test]
+fn multi_block_objects_on_disk_are_read_back_checked_and_left_in_memory() {
+    let server = S3Server::start();
+    let size = (2 << 20) + (600 << 10); // blocks of 1 MiB, 1 MiB and 600 KiB
+    let objects: Vec<(String, Vec<u8>)> = (0..2).map(|i| (format!("m/f{i}"), bytes(i, size + i as usize))).collect();
+    upload_many(&server, "multi-block-from-disk", &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let quiet = |c: &mut hoardfs::mount::MountConfig| c.dir_read_ahead = 0; // each open reads for itself
+    TestMount::with(&server, "multi-block-from-disk", &cache, tmp.path(), quiet)
+        .unmount_after(|m| read_all_parallel(&m.mountpoint, &objects, 2));
+    let files = data_files(&cache);
+    let file_of: Vec<std::path::PathBuf> =
+        objects.iter().map(|(_, want)| files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("its data file").clone()).collect();
+    // Bit rot in the last block of the second object; both out of memory, as after a reboot.
+    let (rotten_key, rotten) = &objects[1];
+    let mut bad = rotten.clone();
+    bad[(2 << 20) + 12_345] ^= 0x01;
+    std::fs::write(&file_of[1], &bad).unwrap();
+    file_of.iter().for_each(|f| evict(f));
+
+    let m = TestMount::with(&server, "multi-block-from-disk", &cache, tmp.path(), quiet);
+    let (key, want) = &objects[0];
+    let (hits, opens) = (m.metric(|m| &m.cache_hit_blocks), m.metric(|m| &m.passthrough_opens));
+    assert_same(key, &std::fs::read(m.path(key)).unwrap(), want);
+    assert_eq!(m.metric(|m| &m.cache_hit_blocks) - hits, 3, "the open read and checked each of the 3 blocks");
+    assert_eq!(m.metric(|m| &m.passthrough_opens) - opens, 1, "and handed the object to the kernel");
+    let (resident, pages) = resident_pages(&file_of[0]);
+    assert_eq!(resident, pages, "the object is in memory for the kernel's reads");
+
+    let gets = m.gets();
+    assert_same(rotten_key, &std::fs::read(m.path(rotten_key)).unwrap(), rotten);
+    assert_eq!(m.metric(|m| &m.blake3_mismatches), 1, "the damaged block was caught");
+    assert_eq!(m.gets(), gets + 1, "and only it was fetched again");
+    m.unmount();
+}
