@@ -224,9 +224,8 @@ fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
 }
 
 /// After a remount with the page cache dropped, an open of a cached object of several blocks
-/// reads every block back from disk (1 MiB reads, which go to a blocking thread's `pread`
-/// rather than the ring: `io::read_from_disk`), checks each, leaves the object in memory and
-/// hands it to the kernel. A block damaged on disk is caught there and fetched again.
+/// reads every block back from disk, checks each, leaves the object in memory and hands it to
+/// the kernel. A block damaged on disk is caught there, and only it is fetched again.
 #[test]
 fn multi_block_objects_on_disk_are_read_back_checked_and_left_in_memory() {
     let server = S3Server::start();

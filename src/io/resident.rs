@@ -43,38 +43,20 @@ static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
 /// Whether the first page of `file` is in the page cache. `false` also when the kernel cannot
 /// say, which costs a read that was not needed and nothing else.
 pub fn first_page_resident(file: &impl AsRawFd) -> bool {
-    if let Some(resident) = range_resident(file, 0, 1) {
-        return resident;
+    let fd = file.as_raw_fd();
+    if !NO_CACHESTAT.load(Ordering::Relaxed) {
+        match cachestat(fd, 0, 1) {
+            Ok(pages) => return pages > 0,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                NO_CACHESTAT.store(true, Ordering::Relaxed);
+            }
+            Err(_) => return false,
+        }
     }
     let mut byte = 0u8;
     let iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
     // SAFETY: one iovec over a byte this frame owns, on a descriptor the caller holds open.
-    unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) == 1 }
-}
-
-/// Whether every page of `file`'s bytes `[offset, offset + len)` is in the page cache (pages
-/// being read in count as in it); `None` when the kernel cannot say.
-pub fn range_resident(file: &impl AsRawFd, offset: u64, len: usize) -> Option<bool> {
-    if NO_CACHESTAT.load(Ordering::Relaxed) || len == 0 {
-        return (len == 0).then_some(true);
-    }
-    let page = page_size();
-    let pages = (offset + len as u64).div_ceil(page) - offset / page;
-    match cachestat(file.as_raw_fd(), offset, len as u64) {
-        Ok(cached) => Some(cached >= pages),
-        Err(e) => {
-            if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
-                NO_CACHESTAT.store(true, Ordering::Relaxed);
-            }
-            None
-        }
-    }
-}
-
-fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    // SAFETY: sysconf reads a constant of the running system.
-    *PAGE.get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+    unsafe { libc::preadv2(fd, &iov, 1, 0, libc::RWF_NOWAIT) == 1 }
 }
 
 /// Pages of `fd`'s range `[off, off + len)` in the page cache.

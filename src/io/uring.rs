@@ -107,9 +107,6 @@ async fn run(op: Op) {
 
 impl IoEngine for UringEngine {
     fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> BoxFuture<'static, io::Result<Bytes>> {
-        if let Some(read) = super::read_from_disk(file, offset, len) {
-            return read;
-        }
         let tx = self.tx.clone();
         let file = file.try_clone();
         Box::pin(async move {
