@@ -89,10 +89,11 @@ impl CachedObject {
         unsafe { libc::posix_fadvise(self.data.as_raw_fd(), 0, len, libc::POSIX_FADV_WILLNEED) };
     }
 
-    /// Whether the data file's first page is in the page cache, asked without reading it
-    /// ([`crate::io::resident`]). `false` also when the kernel cannot say.
-    pub fn starts_in_memory(&self) -> bool {
-        crate::io::resident::first_page_resident(&*self.data)
+    /// Whether the data file's first page is in the page cache; if not, the kernel has begun
+    /// reading the file's start, which every caller wants next ([`crate::io::resident`]).
+    /// `false` also when the kernel cannot say.
+    pub fn starts_in_memory_or_begin_reading(&self) -> bool {
+        crate::io::resident::first_page_resident_or_start_reading(&*self.data)
     }
 
     /// Whether every unit matched S3's checksum.

@@ -62,7 +62,8 @@ impl HoardFs {
     /// off the disk are hashed again on the way as a side effect. 250,000 × 16 KiB,
     /// `benches/ab.py`: warm 0.75x → 0.83x raw. When the bytes are already in memory (a dataset
     /// that fits in RAM), re-reading them at every open cost 0.65x → 0.53x of a raw epoch from the
-    /// page cache, so a one-byte read that may not wait (`RWF_NOWAIT`) decides.
+    /// page cache, so a one-byte read that may not wait (`RWF_NOWAIT`) decides, and on a miss
+    /// it begins the read ([`crate::io::resident`]).
     /// `cold` is [`Self::starts_cold`]'s answer.
     fn read_at_open(&self, obj: &CachedObject, cold: bool) -> bool {
         cold && obj.header().object_size <= READ_AT_OPEN_MAX && obj.block_count() == 1
@@ -70,11 +71,12 @@ impl HoardFs {
 
     /// Whether a small object the kernel could read directly (now, or once checked) has its
     /// bytes on disk only: then its reader is about to wait for the disk, and so, probably, are
-    /// the readers of its directory's other files ([`super::ahead`]).
+    /// the readers of its directory's other files ([`super::ahead`]). Asking begins the read of
+    /// a cold file's start, which its caller (this open, or a pass) is about to make anyway.
     pub(super) fn starts_cold(&self, obj: &CachedObject) -> bool {
         let size = obj.header().object_size;
         let small = size <= READ_AT_OPEN_MAX || (self.ahead.enabled() && super::ahead::sized_for(size));
-        self.passthrough && small && obj.is_complete() && self.verifier.servable(obj) && !obj.starts_in_memory()
+        self.passthrough && small && obj.is_complete() && self.verifier.servable(obj) && !obj.starts_in_memory_or_begin_reading()
     }
 
     /// Whether checking every block would let the kernel read the object directly.
