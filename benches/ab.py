@@ -13,17 +13,54 @@ files, a remount with the page cache dropped, the first epoch after it and a war
 cache dropped before each). Binaries alternate inside every round, so a slow minute of the VM
 hits both; the summary is the median of each binary's per-round ratios to the raw epoch run just
 before it. Every binary must read the cache dir's format. Not part of CI.
+
+Each epoch also says where its time went, to tell a disk-bound round from a CPU-bound one: the
+cache disk's read requests per file and the share of the epoch it was busy (/proc/diskstats), the
+machine's idle CPU (/proc/stat), and for hoardfs the daemon's CPU per file (/proc/PID/stat).
 """
 import argparse
 import os
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cachegen  # noqa: E402  (the dataset's keys)
 import scale  # noqa: E402  (server, mount, environment)
 import epochs  # noqa: E402
 from epochs import S3sFs, drop_page_cache, epoch  # noqa: E402
+
+
+class Costs:
+    """Counters read before and after an epoch: the cache disk's reads, its busy time, the
+    machine's idle CPU and, given a pid, that process's CPU."""
+
+    def __init__(self, path, pid=None):
+        st = os.stat(path)
+        self.dev, self.pid = (os.major(st.st_dev), os.minor(st.st_dev)), pid
+        self.start = self.sample()
+
+    def sample(self):
+        disk = (0, 0)
+        with open("/proc/diskstats") as f:
+            for line in f:
+                x = line.split()
+                if (int(x[0]), int(x[1])) == self.dev:
+                    disk = (int(x[3]), int(x[12]))  # reads completed, ms spent doing I/O
+        with open("/proc/stat") as f:
+            cpu = f.readline().split()[1:]
+        idle = (int(cpu[3]) + int(cpu[4])) / os.sysconf("SC_CLK_TCK")
+        proc = epochs.proc_stats(self.pid)[0] if self.pid else float("nan")
+        return time.perf_counter(), disk, idle, proc
+
+    def report(self, files):
+        (t0, d0, i0, p0), (t1, d1, i1, p1) = self.start, self.sample()
+        dt = t1 - t0
+        out = f"{(d1[0] - d0[0]) / files:.2f} disk reads/file, disk busy {(d1[1] - d0[1]) / 10 / dt:.0f}%, " \
+              f"CPU idle {100 * (i1 - i0) / dt / os.cpu_count():.0f}%"
+        if self.pid:
+            out += f", daemon {1e6 * (p1 - p0) / files:.0f} us/file"
+        return out
 
 
 def read_buffered(path):
@@ -64,21 +101,28 @@ def main():
             for b in args.binaries:
                 scale.HOARDFS, *flags = b.split()
                 drop_page_cache()
+                costs = Costs(root)
                 raw = epoch(raw_paths, 7 + r)["files_per_s"]
+                raw_costs = costs.report(len(keys))
                 fs = scale.Hoardfs(server, bucket, mnt, cache, flags)
                 drop_page_cache()
                 remount = fs.mount()
                 try:
                     drop_page_cache()
+                    costs = Costs(cache, fs.pid)
                     after = epoch(paths, 3 + r)["files_per_s"]
+                    after_costs = costs.report(len(keys))
                     drop_page_cache()
+                    costs = Costs(cache, fs.pid)
                     warm = epoch(paths, 11 + r)["files_per_s"]
+                    warm_costs = costs.report(len(keys))
                 finally:
                     fs.unmount()
                 for k, v in zip(rows[b], (remount, after / raw, warm / raw)):
                     rows[b][k].append(v)
                 print(f"round {r} {b}: raw {raw:.0f} files/s, remount {remount:.2f} s, after remount {after:.0f} "
-                      f"({after / raw:.2f}x), warm {warm:.0f} ({warm / raw:.2f}x)", flush=True)
+                      f"({after / raw:.2f}x), warm {warm:.0f} ({warm / raw:.2f}x)\n"
+                      f"    raw: {raw_costs}\n    after remount: {after_costs}\n    warm: {warm_costs}", flush=True)
     finally:
         server.stop()
     print(f"\n{args.objects} objects, {args.rounds} interleaved rounds, medians")
