@@ -200,8 +200,7 @@ fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
     // Each file is evicted just before its open: evicted all at once, one of twenty was now and
     // then back in memory by its open (about one run in forty, before this change too), and
     // its open then rightly read nothing.
-    let file_of: Vec<&std::path::PathBuf> =
-        objects.iter().map(|(_, want)| files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("its data file")).collect();
+    let file_of = data_file_of_each(&cache, &objects);
     for ((key, want), file) in objects.iter().zip(&file_of) {
         evict(file);
         let before = hits();
@@ -211,7 +210,7 @@ fn small_objects_are_read_and_checked_again_at_every_open_from_disk() {
 
     // Damage one cached file on disk, out of memory as bit rot would be.
     let (key, want) = &objects[7];
-    let damaged = file_of[7];
+    let damaged = &file_of[7];
     let mut bad = want.clone();
     bad[100] ^= 0xff;
     std::fs::write(damaged, &bad).unwrap();
@@ -237,9 +236,7 @@ fn multi_block_objects_on_disk_are_read_back_checked_and_left_in_memory() {
     let quiet = |c: &mut hoardfs::mount::MountConfig| c.dir_read_ahead = 0; // each open reads for itself
     TestMount::with(&server, "multi-block-from-disk", &cache, tmp.path(), quiet)
         .unmount_after(|m| read_all_parallel(&m.mountpoint, &objects, 2));
-    let files = data_files(&cache);
-    let file_of: Vec<std::path::PathBuf> =
-        objects.iter().map(|(_, want)| files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("its data file").clone()).collect();
+    let file_of = data_file_of_each(&cache, &objects);
     // Bit rot in the last block of the second object; both out of memory, as after a reboot.
     let (rotten_key, rotten) = &objects[1];
     let mut bad = rotten.clone();

@@ -19,10 +19,7 @@ fn an_open_from_disk_reads_and_checks_its_directory_ahead() {
     assert_eq!(files.len(), objects.len());
     // Each object's data file, found by its bytes (read now: reading them later would bring
     // them into memory).
-    let file_of: Vec<std::path::PathBuf> = objects
-        .iter()
-        .map(|(_, want)| files.iter().find(|p| std::fs::read(p).unwrap() == *want).expect("the data file of the object").clone())
-        .collect();
+    let file_of = data_file_of_each(&cache, &objects);
 
     // Bit rot on disk in one file the pass will read, and every file out of memory, as after
     // a reboot.

@@ -28,6 +28,18 @@ pub fn data_files(cache: &Path) -> Vec<PathBuf> {
     find_files(&cache.join("objects"), "data")
 }
 
+/// Each object's data file in the cache at `cache`, found by its bytes. It reads every data file,
+/// so call it before evicting any.
+pub fn data_file_of_each(cache: &Path, objects: &[(String, Vec<u8>)]) -> Vec<PathBuf> {
+    let files = data_files(cache);
+    objects
+        .iter()
+        .map(|(key, want)| {
+            files.iter().find(|p| std::fs::read(p).unwrap() == *want).unwrap_or_else(|| panic!("no data file holds {key}")).clone()
+        })
+        .collect()
+}
+
 /// Drops `path`'s pages from the page cache (written back first: dirty pages cannot be dropped),
 /// and fails loudly if any stay, since a test relying on it could then not tell.
 pub fn evict(path: &Path) {

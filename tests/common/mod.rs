@@ -31,7 +31,7 @@ pub mod localstack;
 pub mod proxy;
 
 #[allow(unused_imports)]
-pub use cachefiles::{data_files, evict, find_files, resident_pages};
+pub use cachefiles::{data_file_of_each, data_files, evict, find_files, resident_pages};
 #[allow(unused_imports)]
 pub use cli::{is_mounted, last_mount_counter, mount_that_fails, CliMount, LazyUnmount, Limits};
 #[allow(unused_imports)]
