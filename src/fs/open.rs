@@ -103,17 +103,21 @@ impl HoardFs {
             Some(obj) => obj,
             None => self.cache.open_existing(&self.bucket, &info).ok().flatten()?,
         };
+        // The hand-offs come before the probe: the async path probes (and starts the read)
+        // itself, and a second probe would be one more system call per open.
+        let check_now = self.check_at_open(&obj);
+        if check_now && obj.block_count() > 1 {
+            return None; // many blocks to check: with reads in flight, on the runtime
+        }
+        if !check_now && self.checkable(&obj) && !obj.check_pass_begun() {
+            return None; // the async path starts the background pass that makes it passthrough
+        }
         let cold = self.starts_cold(&obj);
         if cold {
             self.read_ahead_of(ino, &info);
         }
-        if self.check_at_open(&obj) {
-            if obj.block_count() > 1 {
-                return None;
-            }
+        if check_now {
             self.cache.check_all_now(&obj);
-        } else if self.checkable(&obj) && !obj.check_pass_begun() {
-            return None; // the async path starts the background pass that makes it passthrough
         } else if self.read_at_open(&obj, cold) {
             self.cache.recheck_all_now(&obj);
         }
