@@ -287,3 +287,41 @@ async fn checks_of_many_objects_at_once_share_one_bound_on_reads() {
     assert_eq!(r.metrics.cache_hit_blocks.load(Ordering::Relaxed), (objects * blocks) as u64);
     assert_eq!(blocks::check_reads_available(), blocks::CHECK_READS_MAX, "a permit was not returned");
 }
+
+/// The checks an open of a one-block object makes on its own thread, after a remount: each block
+/// read back and hashed over its own bytes, so good ones are offered to the kernel and a damaged
+/// one is caught (and not offered), whatever was checked before it on that thread.
+#[tokio::test]
+async fn checks_at_open_on_one_thread_hash_each_block_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryClient::new("b"));
+    let objects = [("long", 4096, 1), ("short", 1000, 2), ("damaged", 999, 3)];
+    for (name, len, seed) in objects {
+        mem.put(name, pattern(len, seed));
+    }
+    let r = rig(dir.path(), mem.clone(), EngineChoice::Psync, small_blocks());
+    for (name, ..) in objects {
+        read_all(&r.fs, name).await.unwrap();
+    }
+    r.close().await;
+    let damaged = std::fs::read_dir(dir.path().join(store::OBJECTS))
+        .unwrap()
+        .flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().unwrap() == "data" && p.metadata().unwrap().len() == 999)
+        .unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[500] ^= 0x01;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    let r = rig(dir.path(), mem, EngineChoice::Psync, small_blocks());
+    let mut offered = Vec::new();
+    for (name, ..) in objects {
+        let ino = r.fs.lookup(ROOT_INO, name).await.unwrap().ino;
+        let (_, offer) = r.fs.try_open(ino, false).expect("a one-block cached object opens on the calling thread").unwrap();
+        offered.push(offer.is_some());
+    }
+    assert_eq!(offered, [true, true, false], "long and short checked, the damaged block caught");
+    assert_eq!(r.metrics.cache_hit_blocks.load(Ordering::Relaxed), 2);
+    assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
+}
