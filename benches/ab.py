@@ -12,7 +12,8 @@ cache dir behind. Then each round runs, for each binary in turn: a raw-disk epoc
 files, a remount with the page cache dropped, the first epoch after it and a warm epoch (page
 cache dropped before each). Binaries alternate inside every round, so a slow minute of the VM
 hits both; the summary is the median of each binary's per-round ratios to the raw epoch run just
-before it. Every binary must read the cache dir's format. Not part of CI.
+before it. Every binary must read the cache dir's format. Not part of CI. `--list-first` lists
+the dataset's directories before each epoch, as a dataset class does when it is built.
 
 Each epoch also says where its time went, to tell a disk-bound round from a CPU-bound one: the
 cache disk's read requests per file and the share of the epoch it was busy (/proc/diskstats), the
@@ -69,6 +70,12 @@ def read_buffered(path):
         return len(f.read())
 
 
+def list_dirs(paths):
+    """Lists every directory holding one of `paths`, as a dataset class does when it is built."""
+    for d in sorted({os.path.dirname(p) for p in paths}):
+        os.listdir(d)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binaries", nargs="+", help="hoardfs binaries to compare, each optionally with mount flags")
@@ -82,6 +89,11 @@ def main():
                     help="how readers open files: open(p, 'rb', buffering=0), or Python's default "
                     "buffered open as PIL and torchvision's loader do, which also sends the file system an "
                     "ioctl (isatty) per file")
+    ap.add_argument("--list-first", action="store_true",
+                    help="before each timed epoch (untimed, after the page-cache drop) list every directory the "
+                    "epoch reads, as hoardfs.Dataset and torchvision's ImageFolder do when they are built; "
+                    "through a mount the listing's READDIRPLUS leaves each file's entry in the kernel, so "
+                    "the epoch's opens need no LOOKUP (within --metadata-ttl)")
     args = ap.parse_args()
     epochs.READERS = args.readers
     if args.open == "buffered":
@@ -95,12 +107,14 @@ def main():
     raw_paths = [os.path.join(root, bucket, k) for k in keys]
     paths = [os.path.join(mnt, k) for k in keys]
     rows = {b: {"remount (s)": [], "after remount (x raw)": [], "warm (x raw)": []} for b in args.binaries}
+    listed = list_dirs if args.list_first else (lambda paths: None)
     server = S3sFs(root, args.work)
     try:
         for r in range(args.rounds):
             for b in args.binaries:
                 scale.HOARDFS, *flags = b.split()
                 drop_page_cache()
+                listed(raw_paths)
                 costs = Costs(root)
                 raw = epoch(raw_paths, 7 + r)["files_per_s"]
                 raw_costs = costs.report(len(keys))
@@ -109,10 +123,12 @@ def main():
                 remount = fs.mount()
                 try:
                     drop_page_cache()
+                    listed(paths)
                     costs = Costs(cache, fs.pid)
                     after = epoch(paths, 3 + r)["files_per_s"]
                     after_costs = costs.report(len(keys))
                     drop_page_cache()
+                    listed(paths)
                     costs = Costs(cache, fs.pid)
                     warm = epoch(paths, 11 + r)["files_per_s"]
                     warm_costs = costs.report(len(keys))
