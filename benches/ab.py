@@ -13,7 +13,10 @@ files, a remount with the page cache dropped, the first epoch after it and a war
 cache dropped before each). Binaries alternate inside every round, so a slow minute of the VM
 hits both; the summary is the median of each binary's per-round ratios to the raw epoch run just
 before it. Every binary must read the cache dir's format. Not part of CI. `--list-first` lists
-the dataset's directories before each epoch, as a dataset class does when it is built.
+the dataset's directories before each epoch, as a dataset class does when it is built;
+`--reader-processes` reads with worker processes, as a PyTorch DataLoader does; `--ceiling` also
+reads each round's files through benches/fuse_ceiling.rs, a passthrough FUSE mount that does
+nothing else, so each binary is also reported against the most any FUSE mount gets here.
 
 Each epoch also says where its time went, to tell a disk-bound round from a CPU-bound one: the
 cache disk's read requests per file and the share of the epoch it was busy (/proc/diskstats), the
@@ -24,6 +27,7 @@ import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 
@@ -93,6 +97,26 @@ def read_many(paths):
     return sum(epochs.read_file(p) for p in paths)
 
 
+class Ceiling:
+    """benches/fuse_ceiling.rs over the raw files: what any passthrough FUSE mount pays per file
+    (LOOKUP, OPEN, RELEASE) and nothing else. Mounted once: the page-cache drop before each epoch
+    drops its entries in the kernel too, as a remount would."""
+
+    BINARY = os.path.join(epochs.ROOT, "target/release/examples/fuse_ceiling")
+
+    def __init__(self, tree, mnt):
+        if not os.path.exists(self.BINARY):
+            raise SystemExit(f"{self.BINARY} missing: cargo build --release --example fuse_ceiling")
+        os.makedirs(mnt, exist_ok=True)
+        self.proc = subprocess.Popen([self.BINARY, tree, mnt], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "mounted":
+            raise SystemExit("fuse_ceiling did not mount")
+
+    def close(self):
+        self.proc.stdin.close()  # it unmounts and exits
+        self.proc.wait(timeout=60)
+
+
 def list_dirs(paths):
     """Lists every directory holding one of `paths`, as a dataset class does when it is built."""
     for d in sorted({os.path.dirname(p) for p in paths}):
@@ -120,6 +144,10 @@ def main():
     ap.add_argument("--reader-processes", action="store_true",
                     help="readers are processes, as a PyTorch DataLoader's workers are, not threads of one "
                     "Python process (whose interpreter lock the raw epoch's readers wait for)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also read each round's files through benches/fuse_ceiling.rs (a passthrough FUSE mount "
+                    "that does nothing else; build it with `cargo build --release --example fuse_ceiling`), and "
+                    "report each binary against it as well as against raw disk")
     args = ap.parse_args()
     epochs.READERS = args.readers
     if args.open == "buffered":
@@ -134,8 +162,13 @@ def main():
     raw_paths = [os.path.join(root, bucket, k) for k in keys]
     paths = [os.path.join(mnt, k) for k in keys]
     rows = {b: {"remount (s)": [], "after remount (x raw)": [], "warm (x raw)": []} for b in args.binaries}
+    if args.ceiling:
+        for r in rows.values():
+            r.update({"after remount (x ceiling)": [], "warm (x ceiling)": []})
     listed = list_dirs if args.list_first else (lambda paths: None)
     server = S3sFs(root, args.work)
+    ceiling = Ceiling(os.path.join(root, bucket), os.path.join(args.work, "mnt-ceiling")) if args.ceiling else None
+    ceiling_paths = [os.path.join(args.work, "mnt-ceiling", k) for k in keys]
     try:
         for r in range(args.rounds):
             for b in args.binaries:
@@ -145,6 +178,11 @@ def main():
                 costs = Costs(root)
                 raw = epoch(raw_paths, 7 + r)["files_per_s"]
                 raw_costs = costs.report(len(keys))
+                ceil = None
+                if ceiling:
+                    drop_page_cache()
+                    listed(ceiling_paths)
+                    ceil = epoch(ceiling_paths, 7 + r)["files_per_s"]
                 fs = scale.Hoardfs(server, bucket, mnt, cache, flags)
                 drop_page_cache()
                 remount = fs.mount()
@@ -161,13 +199,17 @@ def main():
                     warm_costs = costs.report(len(keys))
                 finally:
                     fs.unmount()
-                for k, v in zip(rows[b], (remount, after / raw, warm / raw)):
+                values = (remount, after / raw, warm / raw) + ((after / ceil, warm / ceil) if ceil else ())
+                for k, v in zip(rows[b], values):
                     rows[b][k].append(v)
-                print(f"round {r} {b}: raw {raw:.0f} files/s, remount {remount:.2f} s, after remount {after:.0f} "
+                through = f", through fuse_ceiling {ceil:.0f} ({ceil / raw:.2f}x)" if ceil else ""
+                print(f"round {r} {b}: raw {raw:.0f} files/s{through}, remount {remount:.2f} s, after remount {after:.0f} "
                       f"({after / raw:.2f}x), warm {warm:.0f} ({warm / raw:.2f}x)\n"
                       f"    raw: {raw_costs}\n    after remount: {after_costs}\n    warm: {warm_costs}", flush=True)
     finally:
         server.stop()
+        if ceiling:
+            ceiling.close()
     print(f"\n{args.objects} objects, {args.rounds} interleaved rounds, medians")
     for b, r in rows.items():
         print(f"{b}: " + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in r.items()))
