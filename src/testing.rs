@@ -77,6 +77,16 @@ pub fn small_blocks() -> CacheConfig {
     CacheConfig { block_size: 4096, ..CacheConfig::default() }
 }
 
+/// Every data file of the cache dir at `root` (in its shards under `objects/`).
+pub fn data_files(root: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(root.join(crate::cache::store::OBJECTS))
+        .unwrap()
+        .flat_map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect()
+}
+
 /// Deterministic test bytes.
 pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed).wrapping_add((i >> 8) as u8)).collect()

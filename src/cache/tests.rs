@@ -10,7 +10,7 @@ use super::*;
 use crate::io::{probe, EngineChoice};
 use crate::meta::ROOT_INO;
 use crate::object::memory::MemoryClient;
-use crate::testing::{pattern, read_all, rig, small_blocks};
+use crate::testing::{data_files, pattern, read_all, rig, small_blocks};
 
 async fn persist_and_corrupt(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
@@ -30,7 +30,7 @@ async fn persist_and_corrupt(engine: EngineChoice) {
         assert_eq!(r.metrics.s3_get_requests.load(Ordering::Relaxed), 0);
     }
     // Corrupt block 2 on disk: refetched, never served.
-    let data = data_files(dir.path()).next().unwrap();
+    let data = data_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[4096 * 2 + 10] ^= 0x55;
     std::fs::write(&data, bytes).unwrap();
@@ -96,15 +96,6 @@ async fn eviction_keeps_the_cache_under_its_limit_and_spares_open_objects() {
 }
 
 /// Bytes of the object files, as allocated on disk.
-/// The data files of the cache dir at `root`.
-fn data_files(root: &Path) -> impl Iterator<Item = std::path::PathBuf> {
-    std::fs::read_dir(root.join(store::OBJECTS))
-        .unwrap()
-        .flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().unwrap() == "data")
-}
-
 fn disk_usage(root: &Path) -> u64 {
     crate::inspect::disk_usage(&root.join(store::OBJECTS))
 }
@@ -308,7 +299,7 @@ async fn checks_at_open_on_one_thread_hash_each_block_alone() {
         read_all(&r.fs, name).await.unwrap();
     }
     r.close().await;
-    let damaged = data_files(dir.path()).find(|p| p.metadata().unwrap().len() == 999).unwrap();
+    let damaged = data_files(dir.path()).into_iter().find(|p| p.metadata().unwrap().len() == 999).unwrap();
     let mut bytes = std::fs::read(&damaged).unwrap();
     bytes[500] ^= 0x01;
     std::fs::write(&damaged, bytes).unwrap();

@@ -6,7 +6,7 @@ use super::*;
 use crate::cache::format::VerifyState;
 use crate::io::EngineChoice;
 use crate::object::memory::MemoryClient;
-use crate::testing::{pattern, read_all, rig_with, small_blocks};
+use crate::testing::{data_files, pattern, read_all, rig_with, small_blocks};
 
 const ALGS: [Algorithm; 5] = [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64nvme, Algorithm::Sha1, Algorithm::Sha256];
 
@@ -98,7 +98,7 @@ async fn refetch_after_disk_corruption_is_verified_again() {
         assert_eq!(read_all(&r.fs, "o").await.unwrap(), body);
     }
     assert_eq!(states(dir.path()), vec![VerifyState::Verified]);
-    let data = walk(dir.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "data")).unwrap();
+    let data = data_files(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[5000] ^= 1;
     std::fs::write(&data, bytes).unwrap();
@@ -107,18 +107,6 @@ async fn refetch_after_disk_corruption_is_verified_again() {
     let err = read_all(&r.fs, "o").await.expect_err("a corrupt refetch must not be served");
     assert_eq!(r.metrics.blake3_mismatches.load(Ordering::Relaxed), 1);
     assert_eq!(err.errno, libc::EIO);
-}
-
-fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// One corrupt GET, whose blocks are written to disk late (after the unit rejected them): the
