@@ -1,7 +1,7 @@
 //! The least any passthrough FUSE file system can do per file, as a baseline for hoardfs's own
-//! per-file cost: it serves a directory tree read-only, answers LOOKUP from memory, and makes an
-//! OPEN an `open(2)` and a passthrough registration (BACKING_OPEN) and a RELEASE a BACKING_CLOSE.
-//! It checks nothing and caches nothing. What a reader waits for beyond this is hoardfs's.
+//! per-file cost: it serves a directory tree read-only, answers LOOKUP and READDIRPLUS from
+//! memory, and makes an OPEN an `open(2)` and a passthrough registration (BACKING_OPEN) and a
+//! RELEASE a BACKING_CLOSE. It checks nothing and caches nothing. What a reader waits for beyond this is hoardfs's.
 //!
 //!     cargo run --release --example fuse_ceiling -- ROOT MOUNTPOINT
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
 };
 
 const TTL: Duration = Duration::from_secs(600);
@@ -29,6 +29,8 @@ const TTL: Duration = Duration::from_secs(600);
 struct Node {
     path: PathBuf,
     attr: FileAttr,
+    /// A directory's entries in name order (READDIRPLUS offsets index it), and by name.
+    entries: Vec<(String, u64)>,
     children: HashMap<String, u64>,
 }
 
@@ -67,8 +69,10 @@ fn walk(nodes: &mut Vec<Node>, dir: usize) -> std::io::Result<()> {
     for e in entries {
         let md = e.metadata()?;
         let ino = nodes.len() as u64 + 1;
-        nodes.push(Node { path: e.path(), attr: attr(ino, &md), children: HashMap::new() });
-        nodes[dir].children.insert(e.file_name().to_string_lossy().into_owned(), ino);
+        nodes.push(Node { path: e.path(), attr: attr(ino, &md), entries: Vec::new(), children: HashMap::new() });
+        let name = e.file_name().to_string_lossy().into_owned();
+        nodes[dir].children.insert(name.clone(), ino);
+        nodes[dir].entries.push((name, ino));
         if md.is_dir() {
             walk(nodes, ino as usize - 1)?;
         }
@@ -86,6 +90,8 @@ impl Filesystem for Ceiling {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let refused = |_| std::io::Error::other("this kernel does not offer FUSE passthrough");
         config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).map_err(refused)?;
+        // As hoardfs: a listing carries every entry's attributes and leaves it in the kernel.
+        config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS).map_err(|_| std::io::Error::other("READDIRPLUS refused"))?;
         config.set_max_stack_depth(1).map_err(|_| std::io::Error::other("stack depth 1 refused"))?;
         Ok(())
     }
@@ -103,6 +109,18 @@ impl Filesystem for Ceiling {
             Some(node) => reply.attr(&TTL, &node.attr),
             None => reply.error(Errno::ENOENT),
         }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(dir) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+        // Offset i + 1 follows entry i; the kernel passes back the last one it took.
+        for (i, (name, child)) in dir.entries.iter().enumerate().skip(offset as usize) {
+            let Some(node) = self.node(INodeNo(*child)) else { continue };
+            if reply.add(INodeNo(*child), i as u64 + 1, name, &TTL, &node.attr, Generation(0)) {
+                break; // the reply is full
+            }
+        }
+        reply.ok();
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -141,7 +159,7 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     let root = PathBuf::from(root);
-    let mut nodes = vec![Node { attr: attr(1, &std::fs::metadata(&root)?), path: root, children: HashMap::new() }];
+    let mut nodes = vec![Node { attr: attr(1, &std::fs::metadata(&root)?), path: root, entries: Vec::new(), children: HashMap::new() }];
     walk(&mut nodes, 0)?;
     let mut config = Config::default();
     config.mount_options = vec![MountOption::RO, MountOption::FSName("fuse_ceiling".into())];
