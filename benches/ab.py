@@ -25,7 +25,6 @@ machine's idle CPU (/proc/stat), and for hoardfs the daemon's CPU per file (/pro
 import argparse
 import multiprocessing
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -74,27 +73,6 @@ def read_buffered(path):
     """A reader as torchvision's default loader opens an image: `open(path, "rb")`."""
     with open(path, "rb") as f:
         return len(f.read())
-
-
-class ReaderProcesses:
-    """`epochs.epoch` with reader processes instead of threads, as a PyTorch `DataLoader`'s
-    workers are: no reader waits for another's turn at the interpreter lock. Started once, before
-    any timing; each takes 16 files of the shuffled order at a time."""
-
-    def __init__(self, readers):
-        self.pool = multiprocessing.get_context("fork").Pool(readers)
-
-    def __call__(self, paths, seed):
-        order = list(paths)
-        random.Random(seed).shuffle(order)
-        t = time.perf_counter()
-        total = sum(self.pool.imap_unordered(read_many, (order[i:i + 16] for i in range(0, len(order), 16))))
-        dt = time.perf_counter() - t
-        return {"seconds": dt, "bytes": total, "files": len(order), "files_per_s": len(order) / dt}
-
-
-def read_many(paths):
-    return sum(epochs.read_file(p) for p in paths)
 
 
 class Ceiling:
@@ -152,7 +130,8 @@ def main():
     epochs.READERS = args.readers
     if args.open == "buffered":
         epochs.read_file = read_buffered
-    epoch = ReaderProcesses(args.readers) if args.reader_processes else epochs.epoch
+    # Forked once, before any timing (and after read_file is chosen, which the workers inherit).
+    pool = multiprocessing.get_context("fork").Pool(args.readers) if args.reader_processes else None
     scale.bench_env(args.work)
     root, bucket = os.path.join(args.work, "s3root"), "scale"
     mnt, cache = os.path.join(args.work, "mnt-hoardfs"), os.path.join(args.work, "cache-hoardfs")
@@ -169,34 +148,28 @@ def main():
     server = S3sFs(root, args.work)
     ceiling = Ceiling(os.path.join(root, bucket), os.path.join(args.work, "mnt-ceiling")) if args.ceiling else None
     ceiling_paths = [os.path.join(args.work, "mnt-ceiling", k) for k in keys]
+
+    def measured(paths, seed, where, pid=None):
+        """One timed epoch over `paths` after a page-cache drop (and the listing, if asked): its
+        files/s, and where its time went (the disk holding `where`, and process `pid`)."""
+        drop_page_cache()
+        listed(paths)
+        costs = Costs(where, pid)
+        files_per_s = epochs.epoch(paths, seed, pool=pool)["files_per_s"]
+        return files_per_s, costs.report(len(keys))
+
     try:
         for r in range(args.rounds):
             for b in args.binaries:
                 scale.HOARDFS, *flags = b.split()
-                drop_page_cache()
-                listed(raw_paths)
-                costs = Costs(root)
-                raw = epoch(raw_paths, 7 + r)["files_per_s"]
-                raw_costs = costs.report(len(keys))
-                ceil = None
-                if ceiling:
-                    drop_page_cache()
-                    listed(ceiling_paths)
-                    ceil = epoch(ceiling_paths, 7 + r)["files_per_s"]
+                raw, raw_costs = measured(raw_paths, 7 + r, root)
+                ceil = measured(ceiling_paths, 7 + r, root)[0] if ceiling else None
                 fs = scale.Hoardfs(server, bucket, mnt, cache, flags)
                 drop_page_cache()
                 remount = fs.mount()
                 try:
-                    drop_page_cache()
-                    listed(paths)
-                    costs = Costs(cache, fs.pid)
-                    after = epoch(paths, 3 + r)["files_per_s"]
-                    after_costs = costs.report(len(keys))
-                    drop_page_cache()
-                    listed(paths)
-                    costs = Costs(cache, fs.pid)
-                    warm = epoch(paths, 11 + r)["files_per_s"]
-                    warm_costs = costs.report(len(keys))
+                    after, after_costs = measured(paths, 3 + r, cache, fs.pid)
+                    warm, warm_costs = measured(paths, 11 + r, cache, fs.pid)
                 finally:
                     fs.unmount()
                 values = (remount, after / raw, warm / raw) + ((after / ceil, warm / ceil) if ceil else ())
